@@ -1,0 +1,1 @@
+"""Pre-processing: intensity normalisation, foreground masks, in-plane resampling, registration."""
