@@ -31,6 +31,7 @@ setup(
         "pandas>=2.0",
         "matplotlib>=3.7",
         "nilearn>=0.10",
+        "nibabel>=5.0",  # only to see NaN in NIfTI files, which SimpleITK 2.x reads as 0
         "PyYAML>=6.0",
         "tqdm>=4.60",
     ],

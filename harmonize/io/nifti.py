@@ -55,6 +55,8 @@ def read_map(path, map_type="T1", **fields):
             image = sitk.ReadImage(str(path))
         except RuntimeError as err:
             raise InputError(f"{path}: not a readable NIfTI file ({_first_line(err)})") from err
+        if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
+            _check_nifti_finite(path)
         return MapVolume.from_sitk(image, map_type=map_type, source=path, **fields)
     if suffix in NUMPY_SUFFIXES:
         return _read_numpy(path, map_type, fields)
@@ -108,6 +110,28 @@ def write_map(volume, path):
             with open(tmp, "wb") as fh:
                 np.save(fh, volume.array)
     return path
+
+
+def _check_nifti_finite(path):
+    """Raise InputError when a NIfTI file stores NaN/inf voxels.
+
+    ITK < 6 (so SimpleITK 2.x) replaces every non-finite voxel with 0 when it reads a NIfTI file
+    (ITK pull request #6683), which would let NaN masks pass as background. The stored bytes are
+    read again with nibabel (a nilearn dependency) to see them. Integer files cannot hold NaN.
+    """
+    import nibabel
+
+    try:
+        image = nibabel.load(str(path))
+        if not np.issubdtype(image.get_data_dtype(), np.floating):
+            return
+        data = np.asanyarray(image.dataobj)
+    except Exception as err:  # noqa: BLE001  (nibabel raises several types for damaged files)
+        raise InputError(f"{path}: not a readable NIfTI file ({err}); replace the file") from err
+    bad = ~np.isfinite(data)
+    if bad.any():
+        raise InputError(f"{path}: {int(bad.sum())} voxels are NaN or infinite; fill or mask them (e.g. set them "
+                         "to 0 for background) before harmonisation")
 
 
 def _first_line(err):
