@@ -93,8 +93,9 @@ def load_generator_model(path):
     """Load a saved generator. Returns ``(keras_model, metadata)``."""
     import keras
 
-    import harmonize.models  # noqa: F401  (registers the custom layers before loading)
+    from harmonize.models import register_custom_objects
 
+    register_custom_objects()
     metadata = read_generator_metadata(path)
     try:
         model = keras.models.load_model(str(path), compile=False)
