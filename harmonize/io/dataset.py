@@ -236,7 +236,7 @@ def _write_domain(group, dom):
         # one chunk per slice: readers load whole slices; gzip+shuffle halves the size (background 0)
         if len(array):
             group.create_dataset(name, data=array, chunks=(1,) + array.shape[1:], compression="gzip",
-                                 compression_opts=4, shuffle=True)
+                                 compression_opts=1, shuffle=True)
         else:
             group.create_dataset(name, data=array)
 
