@@ -1,0 +1,163 @@
+"""Loss terms of the CycleGAN experiments, all computed in float32.
+
+Every function takes network-range tensors (the maps normalised to [-1, 1], background -1) of
+shape (batch, height, width, channels) and returns a float32 scalar: the mean over the batch.
+Inputs in a reduced precision (float16 / bfloat16 under a mixed policy) are cast to float32
+first, because quantitative maps need the precision and the losses are what the thesis reports.
+
+Terms (thesis section 1.2 and 2.4):
+
+``lsgan_loss``
+    Least-squares GAN (Mao et al. 2017), ``mean((D(x) - target)^2)``: the thesis's "MSE"
+    adversarial loss (Table 4: D_A, D_B, D and the G adversarial column).
+``l1``
+    Mean absolute error: the cycle (Eq. 4) and identity (Eq. 5) terms.
+``dssim``
+    Structural dissimilarity (Eq. 6), ``mean((1 - SSIM(x, y)) / 2)`` with the SSIM of
+    :func:`ssim` (Gaussian window 11x11, sigma 1.5, K1 0.01, K2 0.03, data range 2 for the
+    [-1, 1] network range), the settings of :func:`skimage.metrics.structural_similarity` with
+    ``gaussian_weights=True, sigma=1.5, use_sample_covariance=False``.
+
+:class:`LossWeights` holds the weights of an experiment (thesis Table 1). A weight of 0 switches a
+term off: the training model does not compute it at all.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from harmonize.errors import ConfigError
+
+#: SSIM settings shared by the DSSIM loss and the evaluation metric (Wang et al. 2004)
+SSIM_FILTER_SIZE = 11
+SSIM_FILTER_SIGMA = 1.5
+SSIM_K1 = 0.01
+SSIM_K2 = 0.03
+#: data range of the network's [-1, 1] images
+NETWORK_DATA_RANGE = 2.0
+
+
+def _f32(x):
+    import tensorflow as tf
+
+    x = tf.convert_to_tensor(x)
+    return x if x.dtype == tf.float32 else tf.cast(x, tf.float32)
+
+
+def lsgan_loss(predictions, target):
+    """Least-squares adversarial loss ``mean((predictions - target)^2)`` in float32.
+
+    Parameters
+    ----------
+    predictions : tf.Tensor
+        Discriminator output (batch, patches_y, patches_x, 1), linear (no sigmoid).
+    target : float
+        1.0 for "real" (or the B class of the scanner discriminator), 0.0 for "fake".
+
+    Returns
+    -------
+    tf.Tensor
+        float32 scalar.
+    """
+    import tensorflow as tf
+
+    p = _f32(predictions)
+    return tf.reduce_mean(tf.square(p - tf.constant(float(target), tf.float32)))
+
+
+def l1(x, y):
+    """Mean absolute difference of two image batches, float32 scalar (network units)."""
+    import tensorflow as tf
+
+    return tf.reduce_mean(tf.abs(_f32(x) - _f32(y)))
+
+
+def ssim(x, y, max_val=NETWORK_DATA_RANGE):
+    """SSIM of each image pair of two batches.
+
+    Parameters
+    ----------
+    x, y : tf.Tensor
+        (batch, height, width, channels); height and width at least 11.
+    max_val : float
+        Data range of the images (2.0 for the [-1, 1] network range).
+
+    Returns
+    -------
+    tf.Tensor
+        (batch,) float32, mean SSIM over the valid (unpadded) window positions and channels.
+    """
+    import tensorflow as tf
+
+    return tf.image.ssim(_f32(x), _f32(y), max_val=float(max_val), filter_size=SSIM_FILTER_SIZE,
+                         filter_sigma=SSIM_FILTER_SIGMA, k1=SSIM_K1, k2=SSIM_K2)
+
+
+def dssim(x, y, max_val=NETWORK_DATA_RANGE):
+    """Structural dissimilarity (thesis Eq. 6): ``mean((1 - SSIM(x, y)) / 2)``, float32 scalar in [0, 1]."""
+    import tensorflow as tf
+
+    return tf.reduce_mean((1.0 - ssim(x, y, max_val=max_val)) / 2.0)
+
+
+def register_losses():
+    """Register the loss functions as Keras serialisable objects (package 'harmonize').
+
+    Called by :mod:`harmonize.models`; kept out of import time so importing this module does not
+    import Keras.
+    """
+    import keras
+
+    for func in (lsgan_loss, l1, dssim):
+        name = f"harmonize>{func.__name__}"
+        if keras.saving.get_registered_object(name) is None:
+            keras.saving.register_keras_serializable(package="harmonize")(func)
+
+
+@dataclasses.dataclass(frozen=True)
+class LossWeights:
+    """Weights of the loss terms of one experiment (thesis Table 1; 0 switches a term off).
+
+    Attributes
+    ----------
+    adversarial : float
+        LSGAN generator term, D_B(G(a)) -> 1 and D_A(F(b)) -> 1.
+    cycle : float
+        L1 cycle consistency, |F(G(a)) - a| and |G(F(b)) - b| (Eq. 4).
+    identity : float
+        L1 identity, |G(b) - b| and |F(a) - a| (Eq. 5).
+    ssim : float
+        DSSIM of the cycled images, DSSIM(a, F(G(a))) and DSSIM(b, G(F(b))) (Eq. 6).
+    scanner : float
+        Extra scanner discriminator (Experiment 3, Eq. 7): the generator is rewarded when the
+        scanner discriminator puts its fake into the target scanner's class.
+    discriminator : float
+        Weight of each discriminator's loss (real + fake terms); 0.5 as in the thesis code, so a
+        discriminator learns at half the rate of the generators.
+    """
+
+    adversarial: float = 1.0
+    cycle: float = 10.0
+    identity: float = 0.0
+    ssim: float = 0.0
+    scanner: float = 0.0
+    discriminator: float = 0.5
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"loss.{field.name}: must be a number >= 0, got {value!r}")
+            if not math.isfinite(value) or value < 0:
+                raise ConfigError(f"loss.{field.name}: must be a finite number >= 0, got {value!r}")
+            object.__setattr__(self, field.name, float(value))
+        if self.discriminator == 0:
+            raise ConfigError("loss.discriminator: 0 would freeze the discriminators; use a positive weight "
+                              "(the thesis used 0.5)")
+
+    def active(self, term):
+        """True when ``term`` (a field name) has a non-zero weight."""
+        return getattr(self, term) > 0
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
