@@ -154,6 +154,9 @@ class ModelConfig:
     disc_layers : int
         Stride-2 layers of the PatchGAN (3: 70x70 receptive field; 4: the thesis code, 142x142);
         used for the scanner discriminator as well.
+    residual : bool
+        U-Net generators that output ``input + correction`` and start at the identity
+        (:func:`harmonize.models.generators.build_unet_generator`); not in the thesis.
     """
 
     generator: str = "unet"
@@ -164,6 +167,7 @@ class ModelConfig:
     res_blocks: int | None = None
     disc_base_filters: int = 64
     disc_layers: int = 3
+    residual: bool = False
 
     def __post_init__(self):
         s = "model"
@@ -174,7 +178,11 @@ class ModelConfig:
              dropout_rate=_check_float(s, "dropout_rate", self.dropout_rate, 0.0, 0.95),
              res_blocks=_check_int(s, "res_blocks", self.res_blocks, minimum=0, optional=True),
              disc_base_filters=_check_int(s, "disc_base_filters", self.disc_base_filters, minimum=1),
-             disc_layers=_check_int(s, "disc_layers", self.disc_layers, minimum=1))
+             disc_layers=_check_int(s, "disc_layers", self.disc_layers, minimum=1),
+             residual=_check_bool(s, "residual", self.residual))
+        if self.residual and self.generator != "unet":
+            raise ConfigError(f"model.residual: only the U-Net generator has a residual form, got generator "
+                              f"{self.generator!r}; use generator: unet or residual: false")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,6 +220,9 @@ class TrainConfig:
     validate : bool
         Log validation errors against the paired truth on the test split each epoch (when the
         dataset has truth): ``val_mae_a2b_ms`` etc., usable by ``harmonize select --by metric``.
+    critic_epochs : int
+        Epochs of the frozen scanner classifier used as a critic when ``loss.critic > 0`` (trained
+        on the real training slices of both scanners before the CycleGAN, saved as critic.h5).
     """
 
     batch_size: int = 1
@@ -229,6 +240,7 @@ class TrainConfig:
     precision: str = "auto"
     strategy: str = "default"
     validate: bool = True
+    critic_epochs: int = 10
 
     def __post_init__(self):
         s = "train"
@@ -246,7 +258,8 @@ class TrainConfig:
              seed=_check_int(s, "seed", self.seed, minimum=0),
              precision=_check_choice(s, "precision", self.precision, PRECISIONS),
              strategy=_check_choice(s, "strategy", self.strategy, STRATEGIES),
-             validate=_check_bool(s, "validate", self.validate))
+             validate=_check_bool(s, "validate", self.validate),
+             critic_epochs=_check_int(s, "critic_epochs", self.critic_epochs, minimum=1))
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "loss": LossConfig, "train": TrainConfig}
@@ -288,6 +301,9 @@ class ExperimentConfig:
         if self.model.generator == "unet" and self.model.depth is not None and size % 2**self.model.depth:
             raise ConfigError(f"model.depth: {self.model.depth} needs data.image_size divisible by "
                               f"{2**self.model.depth}, got {size}; use a smaller depth or null")
+        if self.loss.paired > 0 and not self.data.paired:
+            raise ConfigError(f"loss.paired: {self.loss.paired} needs batches of corresponding slices; "
+                              "set data.paired: true (and data.registered: true) or loss.paired: 0")
         if self.data.image_size % 2**self.model.disc_layers:
             raise ConfigError(f"data.image_size: {self.data.image_size} is not divisible by 2**model.disc_layers "
                               f"= {2**self.model.disc_layers}; use a power of two such as 64 or 256")

@@ -100,6 +100,15 @@ def dssim(x, y, max_val=NETWORK_DATA_RANGE):
     return tf.reduce_mean((1.0 - ssim(x, y, max_val=max_val)) / 2.0)
 
 
+def critic_loss(probabilities, target):
+    """Binary cross-entropy of a frozen classifier's P(B) against ``target`` (1 = B, 0 = A), float32."""
+    import tensorflow as tf
+
+    p = tf.clip_by_value(_f32(probabilities), 1e-6, 1.0 - 1e-6)
+    t = tf.constant(float(target), tf.float32)
+    return tf.reduce_mean(-(t * tf.math.log(p) + (1.0 - t) * tf.math.log(1.0 - p)))
+
+
 def register_losses():
     """Register the loss functions as Keras serialisable objects (package 'harmonize').
 
@@ -134,6 +143,15 @@ class LossWeights:
     discriminator : float
         Weight of each discriminator's loss (real + fake terms); 0.5 as in the thesis code, so a
         discriminator learns at half the rate of the generators.
+    critic : float
+        Not in the thesis (its own recommendation, ch. 4): a scanner classifier trained on the real
+        training images of both scanners and then frozen judges the fakes; the generators are
+        rewarded (binary cross-entropy) when it calls fake B "B" and fake A "A". Unlike the
+        Experiment 3 discriminator it never learns from the fakes, so it keeps pointing at what
+        separates the real scanners.
+    paired : float
+        Not in the thesis: L1 between fake B and the corresponding registered real B slice (and
+        fake A and real A), for paired batches of registered slices (``data.paired``).
     """
 
     adversarial: float = 1.0
@@ -142,6 +160,8 @@ class LossWeights:
     ssim: float = 0.0
     scanner: float = 0.0
     discriminator: float = 0.5
+    critic: float = 0.0
+    paired: float = 0.0
 
     def __post_init__(self):
         for field in dataclasses.fields(self):

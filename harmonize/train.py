@@ -171,7 +171,8 @@ def build_networks(cfg, image_size, channels=1):
     m = cfg.model
     kwargs = {"base_filters": m.base_filters}
     if m.generator == "unet":
-        kwargs.update(depth=m.depth, dropout_blocks=m.dropout_blocks, dropout_rate=m.dropout_rate)
+        kwargs.update(depth=m.depth, dropout_blocks=m.dropout_blocks, dropout_rate=m.dropout_rate,
+                      residual=m.residual)
     else:
         kwargs.update(n_res_blocks=m.res_blocks)
     nets = {
@@ -341,11 +342,20 @@ def train_experiment(cfg, out=None, resume=False, overwrite=False, verbose="auto
     precision = resolve_precision(cfg.train.precision)
     size = cfg.data.image_size
 
+    critic_path = None
+    if cfg.loss.critic > 0:
+        critic_path = prepare_critic(cfg, train, norm, write_dir / "critic.h5", ds, data_path, verbose=progress)
     keras.utils.set_random_seed(cfg.train.seed)
     with dtype_policy(precision), strategy.scope():
         nets = build_networks(cfg, size)
+        critic = None
+        if critic_path is not None:
+            from harmonize.models.classifier import load_classifier
+
+            with dtype_policy("float32"):
+                critic, _ = load_classifier(critic_path)
         model = CycleGAN(nets["gen_a2b"], nets["gen_b2a"], nets["disc_a"], nets["disc_b"], nets["disc_scanner"],
-                         loss_weights=cfg.loss, pool_size=cfg.train.pool_size, seed=cfg.train.seed)
+                         loss_weights=cfg.loss, pool_size=cfg.train.pool_size, seed=cfg.train.seed, critic=critic)
         model.compile(learning_rate=cfg.train.learning_rate, beta_1=cfg.train.beta_1, beta_2=cfg.train.beta_2,
                       loss_scaling=precision == "mixed_float16")
     # float32 copies for saving: a saved generator computes in float32 whatever the training precision
@@ -438,6 +448,38 @@ def train_experiment(cfg, out=None, resume=False, overwrite=False, verbose="auto
     done_epoch = int(state.epoch.numpy())
     return RunResult(run_dir, done_epoch, int(state.step.numpy()), read_csv_rows(run_dir / "checkpoints.csv"),
                      dict(history.history), precision, replicas)
+
+
+def prepare_critic(cfg, train, norm, path, ds, data_path, verbose=True):
+    """Train (or reuse) the frozen scanner classifier that serves as the critic (``loss.critic``).
+
+    It learns real A (0) vs real B (1) on the training split only, with the thesis classifier
+    recipe (:func:`harmonize.models.classifier.train_scanner_classifier`) and a seed distinct from
+    the training seed (and from ``assess``/``evaluate``'s classifier), and is saved in the run
+    folder so a resumed run uses the same critic. Returns its path.
+    """
+    from harmonize.models.classifier import classifier_accuracy, save_classifier, train_scanner_classifier
+
+    path = Path(path)
+    if path.exists():
+        return path
+    if verbose:
+        print(f"training the frozen scanner critic on {len(train.a)} + {len(train.b)} real training slices "
+              f"({cfg.train.critic_epochs} epochs)")
+    xa = norm.to_network(train.a.images, "A")
+    xb = norm.to_network(train.b.images, "B")
+    critic, history = train_scanner_classifier(xa, xb, epochs=cfg.train.critic_epochs, batch_size=20,
+                                               seed=cfg.train.seed + 7919)
+    accuracy = classifier_accuracy(critic, xa, xb)
+    meta = {"role": "critic", "normalization": norm.to_dict(), "image_size": list(ds.image_size),
+            "labels": {"A": ds.source, "B": ds.target}, "dataset": str(data_path),
+            "train_accuracy": accuracy["accuracy"],
+            "epochs": cfg.train.critic_epochs}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_classifier(critic, path, meta)
+    if verbose:
+        print(f"critic saved to {path} (training accuracy {meta['train_accuracy']:.2f})")
+    return path
 
 
 def _seed_states(model):

@@ -24,7 +24,9 @@ Loss terms, unweighted, logged per step with these keys (thesis Table 4 quantiti
 ``g_a2b_adv`` = ``lsgan(D_B(fake_b), 1)``; ``g_a2b_identity`` = ``|G(real_b) - real_b|``;
 ``g_a2b_cycle`` = ``|F(G(real_a)) - real_a|``; ``g_a2b_ssim`` = ``DSSIM(real_a, F(G(real_a)))``;
 ``g_a2b_scanner`` = ``lsgan(D(fake_b), 1)`` (fake B in B's class); the same for ``b2a`` with
-the roles swapped.
+the roles swapped. Beyond the thesis: ``g_a2b_critic`` = ``BCE(C(fake_b), B)`` with ``C`` a frozen
+scanner classifier trained on real images, and ``g_a2b_paired`` = ``|fake_b - real_b|`` for
+batches of corresponding registered slices.
 
 ``g_a2b_total`` is the loss of the thesis's A->B composite model (Brownlee's CycleGAN, which the
 thesis code follows): ``w_adv adv + w_id identity + w_cyc (cycle_a2b + cycle_b2a)
@@ -179,12 +181,21 @@ class CycleGAN(keras.Model):
         ("ssim", "ssim", True),
         ("cycle", "cycle", True),
         ("scanner", "scanner", False),
+        ("critic", "critic", False),
+        ("paired", "paired", False),
     )
 
     def __init__(self, gen_a2b, gen_b2a, disc_a, disc_b, disc_scanner=None, loss_weights=None, pool_size=50,
-                 seed=0, name="cyclegan", **kwargs):
+                 seed=0, critic=None, name="cyclegan", **kwargs):
         super().__init__(name=name, **kwargs)
         self.loss_weights = loss_weights if loss_weights is not None else LossWeights()
+        if self.loss_weights.critic > 0 and critic is None:
+            raise ConfigError("loss.critic > 0 needs a frozen scanner classifier (critic=...); "
+                              "train one with harmonize.models.classifier.train_scanner_classifier")
+        if critic is not None:
+            critic.trainable = False
+        # a plain attribute list keeps the frozen critic out of the trainable networks and optimisers
+        self._critic = [critic] if critic is not None else []
         if self.loss_weights.scanner > 0 and disc_scanner is None:
             raise ConfigError("loss.scanner > 0 needs the scanner discriminator; build one with "
                               "build_scanner_discriminator or set loss.scanner to 0")
@@ -302,6 +313,13 @@ class CycleGAN(keras.Model):
             if w.active("cycle"):
                 terms["g_a2b_cycle"] = losses.l1(cycled_a, real_a)
                 terms["g_b2a_cycle"] = losses.l1(cycled_b, real_b)
+        if w.active("critic"):
+            critic = self._critic[0]
+            terms["g_a2b_critic"] = losses.critic_loss(critic(fake_b, training=False), SCANNER_LABEL_B)
+            terms["g_b2a_critic"] = losses.critic_loss(critic(fake_a, training=False), SCANNER_LABEL_A)
+        if w.active("paired"):
+            terms["g_a2b_paired"] = losses.l1(fake_b, real_b)
+            terms["g_b2a_paired"] = losses.l1(fake_a, real_a)
         if w.active("scanner"):
             terms["g_a2b_scanner"] = losses.lsgan_loss(self.disc_scanner(fake_b, training=training), SCANNER_LABEL_B)
             terms["g_b2a_scanner"] = losses.lsgan_loss(self.disc_scanner(fake_a, training=training), SCANNER_LABEL_A)

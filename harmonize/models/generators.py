@@ -60,7 +60,7 @@ def default_unet_depth(image_size):
 
 
 def build_unet_generator(image_size=256, channels=1, base_filters=64, depth=None, dropout_blocks=3,
-                         dropout_rate=0.5, name="gen_a2b"):
+                         dropout_rate=0.5, residual=False, name="gen_a2b"):
     """U-Net generator of the thesis (pix2pix encoder-decoder with skip connections).
 
     Encoder ``C64(no norm)-C128-C256-C512-C512...``: 4x4 convolutions with stride 2, instance
@@ -87,13 +87,20 @@ def build_unet_generator(image_size=256, channels=1, base_filters=64, depth=None
         Dropout is active in training only, so a saved generator is deterministic.
     dropout_rate : float
         Dropout fraction (0.5 in pix2pix).
+    residual : bool
+        Residual generator initialised at the identity (not in the thesis): the output is
+        ``input + correction`` where the correction's last layer starts at zero, so training
+        starts from "no change" and the network only has to learn the scanner difference, not
+        re-synthesise the whole map (whose reconstruction error would swamp a few-percent
+        difference). No tanh: the output range is the input's plus the correction.
     name : str
         Model name (``gen_a2b``, ``gen_b2a``).
 
     Returns
     -------
     keras.Model
-        (batch, rows, cols, channels) float32 -> (batch, rows, cols, channels) float32 in [-1, 1].
+        (batch, rows, cols, channels) float32 -> (batch, rows, cols, channels) float32 in [-1, 1]
+        (residual: unbounded, near the input).
 
     Raises
     ------
@@ -151,6 +158,11 @@ def build_unet_generator(image_size=256, channels=1, base_filters=64, depth=None
             x = layers.Dropout(float(dropout_rate), name=f"dec{k}_dropout")(x)
         x = layers.Concatenate(name=f"dec{k}_skip")([x, skip])
         x = layers.ReLU(name=f"dec{k}_relu")(x)
+    if residual:
+        x = layers.Conv2DTranspose(channels, 4, strides=2, padding="same", kernel_initializer="zeros",
+                                   dtype="float32", name="output_correction")(x)
+        outputs = layers.Add(dtype="float32", name="output_residual")([inputs, x])
+        return keras.Model(inputs, outputs, name=name)
     x = layers.Conv2DTranspose(channels, 4, strides=2, padding="same", kernel_initializer=_init(),
                                dtype="float32", name="output_convT")(x)
     outputs = layers.Activation("tanh", dtype="float32", name="output_tanh")(x)

@@ -33,11 +33,13 @@ def tiny_networks(scanner=False, dropout_blocks=1):
 
 
 def tiny_model(weights, pool_size=4, **kw):
+    from harmonize.models.classifier import build_scanner_classifier
     from harmonize.models.cyclegan import CycleGAN
 
     nets = tiny_networks(scanner=weights.scanner > 0, **kw)
+    critic = build_scanner_classifier(SIZE, filters=(4, 8)) if weights.critic > 0 else None
     return CycleGAN(nets["gen_a2b"], nets["gen_b2a"], nets["disc_a"], nets["disc_b"], nets["disc_scanner"],
-                    loss_weights=weights, pool_size=pool_size, seed=1)
+                    loss_weights=weights, pool_size=pool_size, seed=1, critic=critic)
 
 
 def batches(rng, n=2):
@@ -46,7 +48,7 @@ def batches(rng, n=2):
     return a, b
 
 
-ALL = LossWeights(adversarial=1, cycle=10, identity=5, ssim=1, scanner=1)
+ALL = LossWeights(adversarial=1, cycle=10, identity=5, ssim=1, scanner=1, critic=2, paired=3)
 
 
 def test_one_fit_epoch_logs_every_active_key(rng):
@@ -91,6 +93,38 @@ def test_each_weight_scales_its_terms_and_zero_removes_them(rng):
         assert f"g_a2b_{suffix}" not in off.log_keys
     no_scanner = tiny_model(dataclasses.replace(ALL, scanner=0))
     assert no_scanner.disc_scanner is None and not any("scanner" in k for k in no_scanner.log_keys)
+    no_critic = tiny_model(dataclasses.replace(ALL, critic=0, paired=0))
+    assert not any(k.endswith(("_critic", "_paired")) for k in no_critic.log_keys)
+
+
+def test_critic_is_frozen_and_rewards_the_target_class(rng):
+    """The frozen critic's weights never change in training; its term is BCE towards the target scanner."""
+    import tensorflow as tf
+
+    model = tiny_model(LossWeights(adversarial=1, cycle=10, critic=1), pool_size=0)
+    critic = model._critic[0]
+    before = [w.copy() for w in critic.get_weights()]
+    assert not any(v is w for v in critic.trainable_variables for w in model.gen_a2b.trainable_variables)
+    model.compile()
+    a, b = batches(rng, 4)
+    model.fit(tf.data.Dataset.from_tensor_slices((a, b)).batch(2), epochs=1, verbose=0)
+    for old, new in zip(before, critic.get_weights()):
+        np.testing.assert_array_equal(old, new)
+    fake_b, fake_a = model((a, b), training=False)
+    terms = model.generator_terms(a, b, fake_a, fake_b, training=False)
+    p_b = np.clip(critic(fake_b).numpy(), 1e-6, 1 - 1e-6)
+    p_a = np.clip(critic(fake_a).numpy(), 1e-6, 1 - 1e-6)
+    assert float(terms["g_a2b_critic"]) == pytest.approx(float(np.mean(-np.log(p_b))), rel=1e-4)
+    assert float(terms["g_b2a_critic"]) == pytest.approx(float(np.mean(-np.log(1 - p_a))), rel=1e-4)
+
+
+def test_residual_generator_starts_at_the_identity(rng):
+    from harmonize.models.generators import build_unet_generator
+
+    g = build_unet_generator(SIZE, base_filters=4, depth=3, residual=True)
+    x = rng.uniform(-1, 1, (2, SIZE, SIZE, 1)).astype(np.float32)
+    np.testing.assert_array_equal(g(x, training=False).numpy(), x)
+    assert g.output.dtype == "float32"
 
 
 def test_scanner_discriminator_labels(rng):
