@@ -52,7 +52,8 @@ def _size(image_size):
     return size
 
 
-def build_scanner_classifier(image_size, filters=CLASSIFIER_FILTERS, dropout=0.3, name="scanner_classifier"):
+def build_scanner_classifier(image_size, filters=CLASSIFIER_FILTERS, dropout=0.3, batch_norm=True,
+                             name="scanner_classifier"):
     """Build the thesis 2.3 scanner classifier (uncompiled).
 
     Parameters
@@ -64,6 +65,10 @@ def build_scanner_classifier(image_size, filters=CLASSIFIER_FILTERS, dropout=0.3
         convolution is named ``"last_conv"`` (the Grad-CAM target).
     dropout : float
         Dropout rate before the output layer (0 disables it).
+    batch_norm : bool
+        Batch normalisation (momentum 0.9) after each convolution, before the ReLU. Not in the
+        thesis text: without it the plain network collapsed to a constant output on maps whose
+        scanners differ by a few percent (training loss flat at log 2), on every image size tried.
     name : str
         Model name.
 
@@ -96,7 +101,14 @@ def build_scanner_classifier(image_size, filters=CLASSIFIER_FILTERS, dropout=0.3
     x = inputs
     for i, n in enumerate(filters):
         last = i == len(filters) - 1
-        x = layers.Conv2D(n, 3, padding="same", activation="relu", name=LAST_CONV if last else f"conv{i + 1}")(x)
+        conv_name = LAST_CONV if last else f"conv{i + 1}"
+        if batch_norm:
+            x = layers.Conv2D(n, 3, padding="same", use_bias=False, name=f"{conv_name}_linear")(x)
+            x = layers.BatchNormalization(momentum=0.9, name=f"{conv_name}_bn")(x)
+            # the ReLU output is the layer Grad-CAM reads, so it carries the conv's name
+            x = layers.ReLU(name=conv_name)(x)
+        else:
+            x = layers.Conv2D(n, 3, padding="same", activation="relu", name=conv_name)(x)
         if not last:
             x = layers.MaxPooling2D(2, name=f"pool{i + 1}")(x)
     x = layers.GlobalAveragePooling2D(name="global_pool")(x)
@@ -129,7 +141,7 @@ def _network_images(images, name="images", image_size=None):
 
 def train_scanner_classifier(images_a, images_b, *, epochs=10, batch_size=20, seed=0, augment_flip=True,
                              validation=None, verbose=0, filters=CLASSIFIER_FILTERS, dropout=0.3,
-                             learning_rate=1e-3, model=None):
+                             learning_rate=1e-3, model=None, batch_norm=True):
     """Train a scanner classifier on real maps of scanner A (label 0) and B (label 1).
 
     Thesis 2.3 settings by default: 10 epochs, batch 20, horizontal-flip augmentation, Adam,
@@ -178,7 +190,7 @@ def train_scanner_classifier(images_a, images_b, *, epochs=10, batch_size=20, se
         val = (np.concatenate([va, vb]), np.concatenate([np.zeros(len(va), np.float32), np.ones(len(vb), np.float32)]))
     keras.utils.set_random_seed(int(seed))
     if model is None:
-        model = build_scanner_classifier(x.shape[1:3], filters=filters, dropout=dropout)
+        model = build_scanner_classifier(x.shape[1:3], filters=filters, dropout=dropout, batch_norm=batch_norm)
     if not getattr(model, "compiled", False) or getattr(model, "optimizer", None) is None:
         model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="binary_crossentropy",
                       metrics=["accuracy"])
