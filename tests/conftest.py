@@ -4,7 +4,7 @@ Area-specific fixtures live in the conftest.py of each test folder.
 """
 import os
 
-os.environ.setdefault("HARMONIZE_CACHE", os.path.join(os.path.dirname(__file__), ".cache"))
+os.environ.setdefault("HARMONIZE_CACHE", os.path.join(os.path.dirname(os.path.abspath(__file__)), ".cache"))
 
 import harmonize  # noqa: E402,F401  (sets TensorFlow runtime settings before anything imports it)
 import numpy as np  # noqa: E402

@@ -29,7 +29,7 @@ def toy():
     a, _ = blobs(rng, 48, False)
     b, _ = blobs(rng, 48, True)
     model, _ = clf.train_scanner_classifier(a, b, epochs=6, batch_size=16, seed=0, filters=(4, 8, 8, 8, 8),
-                                            dropout=0.0, learning_rate=3e-3)
+                                            dropout=0.0, learning_rate=3e-3, batch_norm=False)
     test_b, centres = blobs(rng, 12, True)
     return model, test_b, centres
 
