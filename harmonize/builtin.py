@@ -63,7 +63,9 @@ def builtin_data_dir(maps=DEFAULT_MAPS, progress=True):
     maps = tuple(dict.fromkeys(normalize_map_type(m) for m in maps))
     if set(maps) <= set(DEFAULT_MAPS):
         maps = DEFAULT_MAPS  # one folder with every map type serves all requests
-    name = f"builtin-data-{__version__}" + ("" if maps == DEFAULT_MAPS else "-" + "-".join(maps))
+    from harmonize.simulate.scanners import SIMULATOR_VERSION
+
+    name = f"builtin-data-{__version__}-s{SIMULATOR_VERSION}" + ("" if maps == DEFAULT_MAPS else "-" + "-".join(maps))
     folder = cache_dir() / name
     if (folder / _DONE_MARKER).exists():
         return folder
@@ -111,6 +113,7 @@ def builtin_dataset(map_type="T1", target_map_type=None, image_size=None, regist
     """
     from harmonize.io.dataset import FORMAT_VERSION
     from harmonize.io.volume import normalize_map_type
+    from harmonize.simulate.scanners import SIMULATOR_VERSION
     from harmonize.prepare import format_summary, parse_image_size, prepare_dataset
 
     map_a = normalize_map_type(map_type)
@@ -118,7 +121,7 @@ def builtin_dataset(map_type="T1", target_map_type=None, image_size=None, regist
     size = parse_image_size(image_size)
     size_tag = "native" if size is None else f"{size[0]}x{size[1]}"
     types = map_a if map_a == map_b else f"{map_a}-{map_b}"
-    name = (f"builtin-{__version__}-f{FORMAT_VERSION}-{types}-{size_tag}-{'reg' if register else 'noreg'}"
+    name = (f"builtin-{__version__}-s{SIMULATOR_VERSION}-f{FORMAT_VERSION}-{types}-{size_tag}-{'reg' if register else 'noreg'}"
             f"-seed{int(seed)}.h5")
     path = cache_dir() / name
     if _usable(path):

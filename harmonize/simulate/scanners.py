@@ -24,6 +24,10 @@ import re
 
 from harmonize.errors import ConfigError
 
+#: version of the simulated data: bump it whenever a change alters the maps, so cached built-in
+#: datasets (harmonize.builtin) are made anew
+SIMULATOR_VERSION = 2
+
 #: names of the 9 field polynomial terms, in the order of ``field_coefficients``; x, y are the
 #: in-plane scanner coordinates (mm from the field-of-view centre) divided by FIELD_SCALE_MM[0]
 #: (x to the patient's left, y posterior), z the slice position (mm from the stack centre)
@@ -225,7 +229,7 @@ SIGNA = ScannerProfile(
     t2_exponent=0.0,
     pd_gain=1.0,
     #            x      y      z     x2      y2      z2     xy    xz    yz
-    field_coefficients=(0.0, 0.0, 0.0, -0.025, -0.025, -0.010, 0.0, 0.0, 0.0),
+    field_coefficients=(0.0, 0.0, 0.0, -0.045, -0.045, -0.010, 0.0, 0.0, 0.0),
     field_weight_t1=1.0,
     field_weight_t2=0.4,
     field_weight_pd=0.8,
@@ -254,7 +258,7 @@ OPTIMA_MR450W = ScannerProfile(
     t2_exponent=0.02,
     pd_gain=1.02,
     #            x      y       z     x2     y2    z2     xy    xz    yz
-    field_coefficients=(0.02, -0.012, 0.008, 0.008, 0.008, 0.0, 0.010, 0.0, 0.0),
+    field_coefficients=(0.035, -0.02, 0.008, 0.01, 0.01, 0.0, 0.015, 0.0, 0.0),
     field_weight_t1=1.0,
     field_weight_t2=0.4,
     field_weight_pd=0.8,
