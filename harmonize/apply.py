@@ -842,18 +842,34 @@ def _run_job(job, harmonizer, map_type, batch_size, progress, target, staging):
 
     volume = read_dicom_series(job.source, map_type)
     out = harmonizer.harmonize(volume, batch_size=batch_size, progress=progress)
-    description = _series_description(volume.meta.get("series_description", ""), harmonizer.target_label)
+    original = volume.meta.get("series_description", "")
+    extra = {"DerivationDescription": harmonizer.description[:1024]}
+    out_type = getattr(harmonizer, "output_map_type", None) or volume.map_type
+    if out_type != volume.map_type:
+        # a generator that changes the map type (Experiment 6, T1 -> T2): the headers must say so,
+        # or the output would be read back as a map of the input's type
+        original = _swap_map_type(original, volume.map_type, out_type)
+        image_type = list(getattr(volume.dicom[0], "ImageType", []) or []) if volume.dicom else []
+        if image_type:
+            extra["ImageType"] = [_swap_map_type(str(v), volume.map_type, out_type) for v in image_type]
+    description = _series_description(original, harmonizer.target_label)
     # the writer replaces its output folder as a whole: stage each series in its own folder (inside
     # the temporary output) so several outputs can share one folder of the mirrored tree
     try:
-        paths = write_dicom_series(out, staging, series_description=description,
-                                   extra_tags={"DerivationDescription": harmonizer.description[:1024]})
+        paths = write_dicom_series(out, staging, series_description=description, extra_tags=extra)
         target.mkdir(parents=True, exist_ok=True)
         for path in paths:
             os.replace(path, target / path.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out.shape[0]
+
+
+def _swap_map_type(text, old, new):
+    """Replace the map-type token ``old`` by ``new`` in a description ('T1 Mapping' -> 'T2 Mapping')."""
+    import re
+
+    return re.sub(rf"(?<![A-Za-z0-9]){old}(?![0-9])", new, text, flags=re.IGNORECASE)
 
 
 def _series_description(original, target_label):

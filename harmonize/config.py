@@ -101,6 +101,10 @@ class DataConfig:
         Train on the registered copies (half-way translation, thesis 2.2).
     augment : bool
         Random flip / scale / shift / rotation (:mod:`harmonize.data`).
+    align : str
+        How paired registered slices are aligned: 'halfway' (thesis 2.2: both moved half way) or
+        'source' (A untouched, B moved onto A: the generator trains on the raw A maps it will be
+        applied to; :func:`harmonize.data.align_to_source`).
     sample_slices : int
         Test slices shown in the per-epoch sample grids.
     """
@@ -112,6 +116,7 @@ class DataConfig:
     paired: bool = False
     registered: bool = False
     augment: bool = False
+    align: str = "halfway"
     sample_slices: int = 4
 
     def __post_init__(self):
@@ -125,6 +130,7 @@ class DataConfig:
              paired=_check_bool(s, "paired", self.paired),
              registered=_check_bool(s, "registered", self.registered),
              augment=_check_bool(s, "augment", self.augment),
+             align=_check_choice(s, "align", self.align, ("halfway", "source")),
              sample_slices=_check_int(s, "sample_slices", self.sample_slices, minimum=1))
 
     @property
@@ -301,9 +307,13 @@ class ExperimentConfig:
         if self.model.generator == "unet" and self.model.depth is not None and size % 2**self.model.depth:
             raise ConfigError(f"model.depth: {self.model.depth} needs data.image_size divisible by "
                               f"{2**self.model.depth}, got {size}; use a smaller depth or null")
-        if self.loss.paired > 0 and not self.data.paired:
-            raise ConfigError(f"loss.paired: {self.loss.paired} needs batches of corresponding slices; "
-                              "set data.paired: true (and data.registered: true) or loss.paired: 0")
+        for term in ("paired", "quantile"):
+            if getattr(self.loss, term) > 0 and not self.data.paired:
+                raise ConfigError(f"loss.{term}: {getattr(self.loss, term)} needs batches of corresponding slices; "
+                                  f"set data.paired: true (and data.registered: true) or loss.{term}: 0")
+        if self.loss.quantile > 0 and self.data.image_size % int(self.loss.quantile_patch):
+            raise ConfigError(f"loss.quantile_patch: {int(self.loss.quantile_patch)} px does not divide "
+                              f"data.image_size {self.data.image_size}; choose a divisor such as 8 or 16")
         if self.data.image_size % 2**self.model.disc_layers:
             raise ConfigError(f"data.image_size: {self.data.image_size} is not divisible by 2**model.disc_layers "
                               f"= {2**self.model.disc_layers}; use a power of two such as 64 or 256")
@@ -444,6 +454,12 @@ def _normalise_overrides(overrides, what):
         key, _, value_text = text.partition("=")
         try:
             value = yaml.safe_load(value_text) if value_text.strip() else None
+            if isinstance(value, str):
+                # YAML 1.1 reads "5e-4" (no dot) as text; a user typing it means the number
+                try:
+                    value = float(value) if value.strip().lower() not in ("nan", "inf", "-inf", "infinity") else value
+                except ValueError:
+                    pass
         except yaml.YAMLError as err:
             raise ConfigError(f"{what} {text!r}: the value is not valid YAML ({err})") from err
         items.append((_split_key(key.strip(), what), value))

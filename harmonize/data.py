@@ -295,3 +295,39 @@ def _check_batch(batch_size):
     if isinstance(batch_size, bool) or int(batch_size) != batch_size or int(batch_size) < 1:
         raise ConfigError(f"batch size must be a positive integer, got {batch_size!r}")
     return int(batch_size)
+
+
+def align_to_source(split, progress=False):
+    """A copy of ``split`` whose paired "registered" slices keep A untouched and move B onto A.
+
+    The thesis moves both slices of a pair half way (neither scanner favoured). For training an
+    A -> B generator on paired slices that puts interpolated (smoothed) A slices at its input,
+    while it is later applied to raw A maps. Here A's registered copy is the raw slice and B's is
+    translated by the full registration shift (cubic B-spline), so the input domain is exactly the
+    one the generator will see. Slices without a partner keep their own values.
+
+    Parameters
+    ----------
+    split : harmonize.io.dataset.SplitData
+        With ``pair_shifts`` (datasets prepared with ``--register``).
+
+    Returns
+    -------
+    SplitData
+    """
+    import dataclasses
+
+    from harmonize.errors import ConfigError
+    from harmonize.preprocess.registration import translate
+
+    if split.pair_shifts is None:
+        raise ConfigError(f"data.align: 'source' needs registration shifts; prepare the dataset with --register "
+                          f"(the {split.name or 'given'} split has none)")
+    reg_a = split.a.images.copy()
+    reg_b = split.b.images.copy()
+    for (i, j), shift in zip(split.pairs, split.pair_shifts):
+        spacing = tuple(float(v) for v in split.b.spacing[j][:2])
+        reg_b[j] = translate(split.b.images[j], (-float(shift[0]), -float(shift[1])), spacing)
+    a = dataclasses.replace(split.a, registered=reg_a)
+    b = dataclasses.replace(split.b, registered=reg_b)
+    return dataclasses.replace(split, a=a, b=b)

@@ -327,6 +327,10 @@ def train_experiment(cfg, out=None, resume=False, overwrite=False, verbose="auto
     norm = ds.normalization
     train = ds.split("train")
     test = ds.split("test") if "test" in ds.splits else train
+    if cfg.data.paired and cfg.data.align == "source":
+        from harmonize.data import align_to_source
+
+        train = align_to_source(train)
     batch = cfg.train.batch_size
     paired = cfg.data.paired
     full_steps = count_steps(train, batch, paired=paired)

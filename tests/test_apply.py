@@ -431,3 +431,21 @@ def test_cli_baseline_method(nifti_tree, prepared, tmp_path, capsys):
     assert main(["apply", "--method", "linear", "--fit", str(prepared), "--direction", "BtoA", str(src), str(back),
                  "--no-progress"]) == 0
     assert read_map(back).array[head].mean() < np.maximum(ref[head], 0).mean()
+
+
+def test_dicom_output_of_a_map_type_changing_generator_says_its_new_type(rng, tmp_path):
+    """A T1 -> T2 generator (Experiment 6): the output series is named and typed as a T2 map."""
+    import pydicom
+
+    from harmonize.cli import main
+    from harmonize.io.dicom import read_dicom_series
+
+    from tests.apply_helpers import save_gain_generator
+
+    gen = save_gain_generator(tmp_path / "t1_to_t2.h5", gain=1.0, out_map_type="T2", scale_b=500.0)  # T2 = T1 / 10
+    src = _dicom_series(tmp_path / "in" / "sub01" / "t1map", np.maximum(_volume(rng), 0))
+    out = tmp_path / "out"
+    assert main(["apply", "--generator", str(gen), str(src), str(out), "--no-progress"]) == 0
+    ds = pydicom.dcmread(sorted(out.glob("*.dcm"))[0])
+    assert "T2" in ds.SeriesDescription and "T1" not in ds.SeriesDescription
+    assert read_dicom_series(out, "T2").map_type == "T2"  # read back as a T2 map without overrides

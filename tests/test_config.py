@@ -90,3 +90,10 @@ def test_yaml_round_trip_keeps_settings_and_quick_flag(tmp_path):
 
 def test_experiments_dir_is_in_the_repository():
     assert (EXPERIMENTS_DIR / "exp1.yaml").exists()
+
+
+def test_override_numbers_without_a_dot():
+    from harmonize.config import load_experiment
+
+    cfg = load_experiment(3, ["train.learning_rate=5e-4"])
+    assert cfg.train.learning_rate == 5e-4

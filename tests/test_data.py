@@ -179,3 +179,30 @@ def test_augmentation_geometry():
     assert (slopes < 0).any() and (slopes > 0).any()  # some flipped, some not
     # constant fill of the outside: the corners of a zoomed-out / shifted image are background (-1)
     assert (out == -1.0).any()
+
+
+def test_align_to_source_keeps_a_raw_and_moves_b_onto_a(rng):
+    """A's registered copy is the raw slice; B's is moved by the full registration shift."""
+    from harmonize.data import align_to_source
+    from harmonize.io.dataset import DomainData, SplitData
+    from harmonize.preprocess.registration import estimate_shift
+
+    from tests.conftest import tissue_slice
+
+    a = np.stack([tissue_slice(rng, 64, shift=(0.0, 0.0)) for _ in range(2)])
+    b = np.stack([tissue_slice(rng, 64, shift=(2.0, -3.0)) for _ in range(2)])  # rows, cols in px
+    spacing = np.tile(np.float32([1.0, 1.0, 4.0]), (2, 1))
+
+    def dom(images):
+        return DomainData(images=images, masks=(images > 0).astype(np.uint8), subjects=np.array(["s1", "s1"]),
+                          slices=np.arange(2), spacing=spacing, registered=images.copy())
+
+    pairs = np.array([[0, 0], [1, 1]])
+    shifts = np.array([estimate_shift(a[k], b[k], (1.0, 1.0)) for k in range(2)], np.float32)
+    split = SplitData(dom(a), dom(b), pairs, pair_shifts=shifts, name="train")
+    out = align_to_source(split)
+    np.testing.assert_array_equal(out.a.registered, a)
+    before = np.abs(b - a).mean()
+    after = np.abs(out.b.registered - a).mean()
+    assert after < 0.25 * before
+    np.testing.assert_array_equal(split.b.registered, b)  # the input split is not modified

@@ -45,3 +45,37 @@ def test_loss_weights_validate_and_repeat_the_bad_value():
         LossWeights(ssim="x")
     with pytest.raises(ConfigError, match="loss.discriminator"):
         LossWeights(discriminator=0)
+
+
+def test_regional_quantile_loss_ignores_order_within_a_region_and_sees_offsets(rng):
+    from harmonize.losses import regional_quantile_loss
+
+    x = rng.uniform(-1, 1, (2, 32, 32, 1)).astype(np.float32)
+    # shuffle the pixels inside each 16x16 region: same regional distributions
+    y = x.copy()
+    for b in range(2):
+        for r in (0, 16):
+            for c in (0, 16):
+                block = y[b, r:r + 16, c:c + 16, 0].ravel()
+                y[b, r:r + 16, c:c + 16, 0] = rng.permutation(block).reshape(16, 16)
+    assert float(regional_quantile_loss(x, y, 16)) == pytest.approx(0.0, abs=1e-7)
+    # a constant offset costs exactly its size
+    assert float(regional_quantile_loss(x, x + 0.05, 16)) == pytest.approx(0.05, rel=1e-5)
+    # swapping two regions changes the regional distributions
+    z = x.copy()
+    z[:, :16, :16], z[:, 16:, 16:] = x[:, 16:, 16:], x[:, :16, :16]
+    assert float(regional_quantile_loss(x, z, 16)) > 0.01
+    # smoothing first: independent noise around the same image costs much less than unsmoothed
+    noisy = x + rng.normal(0, 0.2, x.shape).astype(np.float32)
+    assert float(regional_quantile_loss(x, noisy, 16, sigma=2.0)) < 0.5 * float(regional_quantile_loss(x, noisy, 16))
+    with pytest.raises(Exception, match="quantile_patch"):
+        regional_quantile_loss(x, x, 12)
+
+
+def test_gaussian_blur_keeps_constants_and_mean(rng):
+    from harmonize.losses import gaussian_blur
+
+    c = np.full((1, 20, 20, 1), 0.3, np.float32)
+    np.testing.assert_allclose(gaussian_blur(c, 1.5).numpy(), c, atol=1e-6)
+    x = rng.normal(0, 1, (1, 40, 40, 1)).astype(np.float32)
+    assert float(np.std(gaussian_blur(x, 2.0).numpy())) < 0.5 * float(np.std(x))

@@ -25,8 +25,9 @@ Loss terms, unweighted, logged per step with these keys (thesis Table 4 quantiti
 ``g_a2b_cycle`` = ``|F(G(real_a)) - real_a|``; ``g_a2b_ssim`` = ``DSSIM(real_a, F(G(real_a)))``;
 ``g_a2b_scanner`` = ``lsgan(D(fake_b), 1)`` (fake B in B's class); the same for ``b2a`` with
 the roles swapped. Beyond the thesis: ``g_a2b_critic`` = ``BCE(C(fake_b), B)`` with ``C`` a frozen
-scanner classifier trained on real images, and ``g_a2b_paired`` = ``|fake_b - real_b|`` for
-batches of corresponding registered slices.
+scanner classifier trained on real images, ``g_a2b_paired`` = ``|fake_b - real_b|`` and
+``g_a2b_quantile`` (regional value distributions of fake B against real B) for batches of
+corresponding registered slices.
 
 ``g_a2b_total`` is the loss of the thesis's A->B composite model (Brownlee's CycleGAN, which the
 thesis code follows): ``w_adv adv + w_id identity + w_cyc (cycle_a2b + cycle_b2a)
@@ -183,6 +184,7 @@ class CycleGAN(keras.Model):
         ("scanner", "scanner", False),
         ("critic", "critic", False),
         ("paired", "paired", False),
+        ("quantile", "quantile", False),
     )
 
     def __init__(self, gen_a2b, gen_b2a, disc_a, disc_b, disc_scanner=None, loss_weights=None, pool_size=50,
@@ -320,6 +322,9 @@ class CycleGAN(keras.Model):
         if w.active("paired"):
             terms["g_a2b_paired"] = losses.l1(fake_b, real_b)
             terms["g_b2a_paired"] = losses.l1(fake_a, real_a)
+        if w.active("quantile"):
+            terms["g_a2b_quantile"] = losses.regional_quantile_loss(fake_b, real_b, w.quantile_patch, w.quantile_sigma)
+            terms["g_b2a_quantile"] = losses.regional_quantile_loss(fake_a, real_a, w.quantile_patch, w.quantile_sigma)
         if w.active("scanner"):
             terms["g_a2b_scanner"] = losses.lsgan_loss(self.disc_scanner(fake_b, training=training), SCANNER_LABEL_B)
             terms["g_b2a_scanner"] = losses.lsgan_loss(self.disc_scanner(fake_a, training=training), SCANNER_LABEL_A)

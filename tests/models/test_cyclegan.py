@@ -48,7 +48,7 @@ def batches(rng, n=2):
     return a, b
 
 
-ALL = LossWeights(adversarial=1, cycle=10, identity=5, ssim=1, scanner=1, critic=2, paired=3)
+ALL = LossWeights(adversarial=1, cycle=10, identity=5, ssim=1, scanner=1, critic=2, paired=3, quantile=4)
 
 
 def test_one_fit_epoch_logs_every_active_key(rng):
