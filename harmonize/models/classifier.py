@@ -28,7 +28,6 @@ Saved classifiers are ``.h5`` files with a ``harmonize_metadata`` JSON attribute
 """
 from __future__ import annotations
 
-import json
 import weakref
 from pathlib import Path
 
@@ -287,54 +286,28 @@ def save_classifier(model, path, metadata):
     ``metadata`` needs ``image_size`` and ``normalization`` (a dict or a Normalization); ``labels``,
     ``crop_box``, ``map_type`` are recommended. Returns the written path.
     """
-    import h5py
+    from harmonize.models.saving import save_model_file
 
-    from harmonize import __version__
-    from harmonize._fs import atomic_path
-    from harmonize.models.saving import METADATA_ATTR, _json_default, _quiet_absl
-
-    path = Path(path)
-    if path.suffix != ".h5":
-        raise ModelError(f"{path}: classifiers are saved as .h5 files; use a name ending in .h5")
     missing = [k for k in REQUIRED_KEYS if k not in metadata]
     if missing:
-        raise ModelError(f"{path}: classifier metadata lacks {', '.join(missing)}")
-    meta = {"harmonize_version": __version__, **metadata, "model": MODEL_KIND}
+        raise ModelError(f"{Path(path)}: classifier metadata lacks {', '.join(missing)}")
+    meta = {**metadata, "model": MODEL_KIND}
     if hasattr(meta["normalization"], "to_dict"):
         meta["normalization"] = meta["normalization"].to_dict()
     meta.setdefault("crop_box", None)
     meta.setdefault("labels", {"A": "A", "B": "B"})
-    with atomic_path(path) as tmp, _quiet_absl():
-        model.save(str(tmp))
-        with h5py.File(tmp, "a") as fh:
-            fh.attrs[METADATA_ATTR] = json.dumps(meta, default=_json_default)
-    return path
+    return save_model_file(model, path, meta, "classifier")
 
 
 def load_classifier(path):
     """Load a classifier written by :func:`save_classifier`. Returns ``(keras_model, metadata)``."""
-    import h5py
-    import keras
+    from harmonize.models.saving import load_model_file, read_model_metadata
 
-    from harmonize.models.saving import METADATA_ATTR
-
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: classifier file not found")
-    try:
-        with h5py.File(path, "r") as fh:
-            raw = fh.attrs.get(METADATA_ATTR)
-    except OSError as err:
-        raise InputError(f"{path}: not a readable .h5 model file ({err})") from err
-    meta = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw) if raw is not None else {}
+    meta = read_model_metadata(path, "classifier") or {}
     if meta.get("model") != MODEL_KIND:
         raise ModelError(f"{path}: not a harmonize scanner classifier; save classifiers with "
                          "harmonize.models.classifier.save_classifier")
-    try:
-        model = keras.models.load_model(str(path), compile=False)
-    except (OSError, ValueError, TypeError) as err:
-        raise ModelError(f"{path}: the network in this file could not be loaded ({err})") from err
-    return model, meta
+    return load_model_file(path, "classifier"), meta
 
 
 def subject_split(subjects, test_fraction=0.2, seed=0):

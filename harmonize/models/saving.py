@@ -41,14 +41,22 @@ def save_generator(model, path, metadata):
 
     Returns the written path.
     """
+    missing = [k for k in REQUIRED_KEYS if k not in metadata]
+    if missing:
+        raise ModelError(f"{Path(path)}: generator metadata lacks {', '.join(missing)}")
+    return save_model_file(model, path, metadata, "generator")
+
+
+def save_model_file(model, path, metadata, what="model"):
+    """Save a Keras model as ``.h5`` atomically, with ``metadata`` as the JSON attribute.
+
+    Shared by generators and scanner classifiers; ``what`` names the kind in error messages.
+    """
     import h5py
 
     path = Path(path)
     if path.suffix != ".h5":
-        raise ModelError(f"{path}: generators are saved as .h5 files")
-    missing = [k for k in REQUIRED_KEYS if k not in metadata]
-    if missing:
-        raise ModelError(f"{path}: generator metadata lacks {', '.join(missing)}")
+        raise ModelError(f"{path}: {what}s are saved as .h5 files; use a name ending in .h5")
     meta = {"harmonize_version": __version__, **metadata}
     with atomic_path(path) as tmp, _quiet_absl():
         model.save(str(tmp))
@@ -69,39 +77,49 @@ def _quiet_absl():
         logger.setLevel(level)
 
 
-def read_generator_metadata(path):
-    """Return the metadata dict stored in a saved generator, without loading the network."""
+def read_model_metadata(path, what="model"):
+    """The metadata dict stored in a saved ``.h5`` model (None when it has none), without loading it."""
     import h5py
 
     path = Path(path)
     if not path.exists():
-        raise InputError(f"{path}: generator file not found")
+        raise InputError(f"{path}: {what} file not found")
     try:
         with h5py.File(path, "r") as fh:
             raw = fh.attrs.get(METADATA_ATTR)
     except OSError as err:
         raise InputError(f"{path}: not a readable .h5 model file ({err})") from err
     if raw is None:
+        return None
+    return json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+
+
+def read_generator_metadata(path):
+    """Return the metadata dict stored in a saved generator, without loading the network."""
+    meta = read_model_metadata(path, "generator")
+    if meta is None:
         raise ModelError(f"{path}: not a harmonize generator (no '{METADATA_ATTR}' attribute); "
                          "save generators with harmonize.models.saving.save_generator")
-    if isinstance(raw, bytes):
-        raw = raw.decode("utf-8")
-    return json.loads(raw)
+    return meta
 
 
-def load_generator_model(path):
-    """Load a saved generator. Returns ``(keras_model, metadata)``."""
+def load_model_file(path, what="model"):
+    """``keras.models.load_model`` of a harmonize ``.h5`` file, custom objects registered."""
     import keras
 
     from harmonize.models import register_custom_objects
 
     register_custom_objects()
-    metadata = read_generator_metadata(path)
     try:
-        model = keras.models.load_model(str(path), compile=False)
+        return keras.models.load_model(str(path), compile=False)
     except (OSError, ValueError, TypeError) as err:
-        raise ModelError(f"{path}: the network in this file could not be loaded ({err})") from err
-    return model, metadata
+        raise ModelError(f"{path}: the network in this {what} file could not be loaded ({err})") from err
+
+
+def load_generator_model(path):
+    """Load a saved generator. Returns ``(keras_model, metadata)``."""
+    metadata = read_generator_metadata(path)
+    return load_model_file(path, "generator"), metadata
 
 
 def _json_default(obj):
