@@ -349,13 +349,14 @@ def experiment_path(n_or_path):
     if text.isdigit():
         path = EXPERIMENTS_DIR / f"exp{int(text)}.yaml"
         if not path.exists():
-            available = sorted(p.stem[3:] for p in EXPERIMENTS_DIR.glob("exp*.yaml"))
+            available = sorted((p.stem[3:] for p in EXPERIMENTS_DIR.glob("exp*.yaml")),
+                               key=lambda n: (not n.isdigit(), int(n) if n.isdigit() else 0, n))
             raise ConfigError(f"experiment {text}: no file {path}; available experiments: "
                               f"{', '.join(available) or 'none'} (or give a path to a YAML file)")
         return path
     path = Path(text)
     if not path.exists():
-        raise ConfigError(f"{path}: experiment file not found; give a number (1-6) or a YAML file path")
+        raise ConfigError(f"{path}: experiment file not found; give an experiment number or a YAML file path")
     return path
 
 

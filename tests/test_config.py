@@ -63,7 +63,7 @@ def test_bad_values_are_repeated_in_the_error(override, match):
 
 
 def test_unknown_experiment_and_bad_files(tmp_path):
-    with pytest.raises(ConfigError, match="available experiments: 1, 2, 3, 4, 5, 6"):
+    with pytest.raises(ConfigError, match=r"available experiments: 1, 2, 3, 4, 5, 6, 7, 8, 9, 10\b"):
         load_experiment(99)
     with pytest.raises(ConfigError, match="not found"):
         load_experiment(tmp_path / "nope.yaml")
