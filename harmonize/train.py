@@ -55,7 +55,8 @@ RUN_MARKERS = ("config.yaml", "losses.csv", "checkpoints.csv", "state")
 
 def add_arguments(parser):
     parser.add_argument("--exp", required=True, metavar="N",
-                        help="experiment number (experiments/exp<N>.yaml, 1-6) or path to an experiment YAML file")
+                        help="experiment number (experiments/exp<N>.yaml: 1-6 thesis, 7-11 recipe study, "
+                             "12 recommended recipe) or path to an experiment YAML file")
     parser.add_argument("--data", metavar="DATASET.h5",
                         help="prepared dataset (harmonize prepare); default: the built-in simulated dataset")
     parser.add_argument("--out", metavar="DIR", help="run folder (default: checkpoints/exp<N>[-quick])")
