@@ -154,3 +154,20 @@ def test_quick_profile_on_builtin_data(tmp_path):
         assert (run / name).exists(), name
     assert main(["select", "--run", str(run)]) == 0
     assert json.loads((run / "selected.json").read_text())["step"] in (4, 8)
+
+
+@pytest.mark.parametrize("native_bf16, expected", [(True, "mixed_bfloat16"), (False, "float32")])
+def test_auto_precision_on_cpu_follows_native_bf16(monkeypatch, native_bf16, expected):
+    """--precision auto: bf16 only where the CPU computes it natively; explicit choices pass through."""
+    import tensorflow as tf
+
+    import harmonize._runtime as runtime
+    from harmonize import train
+
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("auto picks mixed_float16 on a GPU")
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native_bf16)
+    assert train.resolve_precision("auto") == expected
+    assert train.resolve_precision("float32") == "float32"
+    monkeypatch.setattr(train, "BF16_AUTO_ON_CPU", False)
+    assert train.resolve_precision("auto") == "float32"
