@@ -52,6 +52,7 @@ from pathlib import Path
 import numpy as np
 
 from harmonize.errors import ConfigError, InputError
+from harmonize.models.classifier import BN_STATISTICS
 
 DEFAULT_RUNS = 5
 DEFAULT_EPOCHS = 10
@@ -313,6 +314,16 @@ def find_classifier(ds):
     clf = Path(entry["classifier"])
     if not clf.exists() or entry.get("dataset_created", "") != str(ds.attrs.get("created", "")):
         return None
+    # classifiers saved before their batch-norm statistics were recalibrated call nearly every slice
+    # one scanner in inference mode: train anew rather than report their numbers
+    from harmonize.models.saving import read_model_metadata
+
+    try:
+        meta = read_model_metadata(clf) or {}
+    except (InputError, ValueError):  # an unreadable file is as good as none: train anew
+        return None
+    if meta.get("batch_norm_statistics") != BN_STATISTICS:
+        return None
     return clf
 
 
@@ -328,6 +339,7 @@ def classifier_metadata(ds, data_path, crop_box, input_size, train_subjects, tes
         "variant": variant, "train_subjects": list(train_subjects), "test_subjects": list(test_subjects),
         "test_accuracy": accuracy, "epochs": int(epochs), "batch_size": int(batch_size), "seed": int(seed),
         "recipe": "thesis 2.3: conv 16-32-128-256-512 3x3, 2x2 pooling, horizontal flips, Adam, BCE",
+        "batch_norm_statistics": BN_STATISTICS,
     }
 
 

@@ -466,7 +466,8 @@ def prepare_critic(cfg, train, norm, path, ds, data_path, verbose=True):
     the training seed (and from ``assess``/``evaluate``'s classifier), and is saved in the run
     folder so a resumed run uses the same critic. Returns its path.
     """
-    from harmonize.models.classifier import classifier_accuracy, save_classifier, train_scanner_classifier
+    from harmonize.models.classifier import (BN_STATISTICS, classifier_accuracy, save_classifier,
+                                             train_scanner_classifier)
 
     path = Path(path)
     if path.exists():
@@ -482,7 +483,7 @@ def prepare_critic(cfg, train, norm, path, ds, data_path, verbose=True):
     meta = {"role": "critic", "normalization": norm.to_dict(), "image_size": list(ds.image_size),
             "labels": {"A": ds.source, "B": ds.target}, "dataset": str(data_path),
             "train_accuracy": accuracy["accuracy"],
-            "epochs": cfg.train.critic_epochs}
+            "epochs": cfg.train.critic_epochs, "batch_norm_statistics": BN_STATISTICS}
     path.parent.mkdir(parents=True, exist_ok=True)
     save_classifier(critic, path, meta)
     if verbose:
