@@ -185,10 +185,19 @@ def test_classifier_index_roundtrip(tmp_path, cache, tiny_h5):
 
     ds = PreparedDataset(tiny_h5)
     assert find_classifier(ds) is None
+    import h5py
+
+    from harmonize.models.classifier import BN_STATISTICS
+    from harmonize.models.saving import METADATA_ATTR
+
     clf = tmp_path / "clf.h5"
-    clf.write_bytes(b"x")
+    with h5py.File(clf, "w") as fh:  # a classifier saved before the batch-norm recalibration
+        fh.attrs[METADATA_ATTR] = json.dumps({"model": "scanner_classifier"})
     register_classifier(ds, clf)
     assert classifier_index_path().parent == cache
+    assert find_classifier(ds) is None
+    with h5py.File(clf, "w") as fh:
+        fh.attrs[METADATA_ATTR] = json.dumps({"model": "scanner_classifier", "batch_norm_statistics": BN_STATISTICS})
     assert find_classifier(ds) == clf.resolve()
     # a re-created dataset (other 'created' stamp) does not reuse the old classifier
     index = json.loads(classifier_index_path().read_text())
