@@ -11,7 +11,6 @@ os.environ.setdefault("HARMONIZE_NOTEBOOK_PROFILE", "ci")
 os.environ.setdefault("HARMONIZE_CACHE", os.path.join(os.path.dirname(os.path.abspath(__file__)), "tests", ".cache"))
 
 
-
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the group marks
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (--dist loadgroup) the notebooks run one after another in one worker:

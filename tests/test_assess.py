@@ -180,16 +180,15 @@ def test_histogram_tables_overlap_and_tissue_means(tmp_path):
 
 
 def test_classifier_index_roundtrip(tmp_path, cache, tiny_h5):
-    from harmonize.assess import classifier_index_path, find_classifier, register_classifier
-    from harmonize.io.dataset import PreparedDataset
-
-    ds = PreparedDataset(tiny_h5)
-    assert find_classifier(ds) is None
     import h5py
 
+    from harmonize.assess import classifier_index_path, find_classifier, register_classifier
+    from harmonize.io.dataset import PreparedDataset
     from harmonize.models.classifier import BN_STATISTICS
     from harmonize.models.saving import METADATA_ATTR
 
+    ds = PreparedDataset(tiny_h5)
+    assert find_classifier(ds) is None
     clf = tmp_path / "clf.h5"
     with h5py.File(clf, "w") as fh:  # a classifier saved before the batch-norm recalibration
         fh.attrs[METADATA_ATTR] = json.dumps({"model": "scanner_classifier"})
