@@ -29,6 +29,7 @@ from harmonize.losses import LossWeights
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[1] / "experiments"
 MAP_TYPES = ("T1", "T2", "PD")
 GENERATORS = ("unet", "resnet")
+PRIORS = ("none", "histmatch")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("default", "mirrored", "multiworker")
 
@@ -163,6 +164,10 @@ class ModelConfig:
     residual : bool
         U-Net generators that output ``input + correction`` and start at the identity
         (:func:`harmonize.models.generators.build_unet_generator`); not in the thesis.
+    prior : str
+        'none', or 'histmatch': residual generators start from the histogram-matching baseline
+        fitted on the training slices (:mod:`harmonize.baselines`), ``G(x) = h(x) + c(h(x))``,
+        and learn only what a global value mapping cannot; not in the thesis.
     """
 
     generator: str = "unet"
@@ -174,6 +179,7 @@ class ModelConfig:
     disc_base_filters: int = 64
     disc_layers: int = 3
     residual: bool = False
+    prior: str = "none"
 
     def __post_init__(self):
         s = "model"
@@ -185,7 +191,11 @@ class ModelConfig:
              res_blocks=_check_int(s, "res_blocks", self.res_blocks, minimum=0, optional=True),
              disc_base_filters=_check_int(s, "disc_base_filters", self.disc_base_filters, minimum=1),
              disc_layers=_check_int(s, "disc_layers", self.disc_layers, minimum=1),
-             residual=_check_bool(s, "residual", self.residual))
+             residual=_check_bool(s, "residual", self.residual),
+             prior=_check_choice(s, "prior", self.prior, PRIORS))
+        if self.prior != "none" and not self.residual:
+            raise ConfigError(f"model.prior: {self.prior!r} needs a residual generator; set model.residual: true "
+                              "or prior: none")
         if self.residual and self.generator != "unet":
             raise ConfigError(f"model.residual: only the U-Net generator has a residual form, got generator "
                               f"{self.generator!r}; use generator: unet or residual: false")

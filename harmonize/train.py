@@ -55,8 +55,8 @@ RUN_MARKERS = ("config.yaml", "losses.csv", "checkpoints.csv", "state")
 
 def add_arguments(parser):
     parser.add_argument("--exp", required=True, metavar="N",
-                        help="experiment number (experiments/exp<N>.yaml: 1-6 thesis, 7-11 recipe study, "
-                             "12 recommended recipe) or path to an experiment YAML file")
+                        help="experiment number (experiments/exp<N>.yaml: 1-6 thesis, 7-12 recipe study, "
+                             "13 recommended recipe) or path to an experiment YAML file")
     parser.add_argument("--data", metavar="DATASET.h5",
                         help="prepared dataset (harmonize prepare); default: the built-in simulated dataset")
     parser.add_argument("--out", metavar="DIR", help="run folder (default: checkpoints/exp<N>[-quick])")
@@ -167,21 +167,30 @@ def _is_chief(strategy):
     return task_type == "worker" and int(resolver.task_id or 0) == 0 and not has_chief
 
 
-def build_networks(cfg, image_size, channels=1):
-    """The networks of an experiment: dict with gen_a2b, gen_b2a, disc_a, disc_b and disc_scanner (or None)."""
+def build_networks(cfg, image_size, channels=1, priors=None):
+    """The networks of an experiment: dict with gen_a2b, gen_b2a, disc_a, disc_b and disc_scanner (or None).
+
+    ``priors``: ``{"gen_a2b": (xp, fp), "gen_b2a": (xp, fp)}`` value-mapping knots in network units
+    (:func:`fit_priors`), required when ``cfg.model.prior`` is not 'none'.
+    """
     from harmonize.models.discriminators import build_patchgan_discriminator, build_scanner_discriminator
     from harmonize.models.generators import build_generator
 
     m = cfg.model
+    if m.prior != "none" and not priors:
+        raise ConfigError(f"model.prior: {m.prior!r} needs the knots fitted on the training data (fit_priors)")
+    priors = priors if m.prior != "none" else {}
     kwargs = {"base_filters": m.base_filters}
     if m.generator == "unet":
         kwargs.update(depth=m.depth, dropout_blocks=m.dropout_blocks, dropout_rate=m.dropout_rate,
                       residual=m.residual)
     else:
         kwargs.update(n_res_blocks=m.res_blocks)
+    gens = {name: build_generator(m.generator, image_size, channels, name=name,
+                                  **({**kwargs, "prior": priors[name]} if name in priors else kwargs))
+            for name in ("gen_a2b", "gen_b2a")}
     nets = {
-        "gen_a2b": build_generator(m.generator, image_size, channels, name="gen_a2b", **kwargs),
-        "gen_b2a": build_generator(m.generator, image_size, channels, name="gen_b2a", **kwargs),
+        **gens,
         "disc_a": build_patchgan_discriminator(image_size, channels, m.disc_base_filters, m.disc_layers, name="disc_a"),
         "disc_b": build_patchgan_discriminator(image_size, channels, m.disc_base_filters, m.disc_layers, name="disc_b"),
         "disc_scanner": None,
@@ -190,6 +199,26 @@ def build_networks(cfg, image_size, channels=1):
         nets["disc_scanner"] = build_scanner_discriminator(image_size, channels, m.disc_base_filters, m.disc_layers,
                                                            name="disc_scanner")
     return nets
+
+
+def fit_priors(cfg, train, norm):
+    """Value-mapping priors of the generators, fitted on the training split (``cfg.model.prior``).
+
+    'histmatch': the histogram-matching baseline (pooled foreground quantiles of the training
+    slices, :class:`harmonize.baselines.HistogramMatchingBaseline`) A -> B for ``gen_a2b`` and
+    B -> A for ``gen_b2a``, converted to network units. Returns None for prior 'none'.
+    """
+    if cfg.model.prior == "none":
+        return None
+    import numpy as np
+
+    from harmonize.baselines import get_baseline
+
+    base = get_baseline(cfg.model.prior).fit(train.a.images, train.a.masks, train.b.images, train.b.masks)
+    qa = np.asarray(base.params["source_quantiles"], np.float32)
+    qb = np.asarray(base.params["target_quantiles"], np.float32)
+    na, nb = norm.to_network(qa, "A"), norm.to_network(qb, "B")
+    return {"gen_a2b": (na.tolist(), nb.tolist()), "gen_b2a": (nb.tolist(), na.tolist())}
 
 
 def open_dataset(cfg, progress=True):
@@ -331,6 +360,7 @@ def train_experiment(cfg, out=None, resume=False, overwrite=False, verbose="auto
     norm = ds.normalization
     train = ds.split("train")
     test = ds.split("test") if "test" in ds.splits else train
+    priors = fit_priors(cfg, train, norm)
     if cfg.data.paired and cfg.data.align == "source":
         from harmonize.data import align_to_source
 
@@ -355,7 +385,7 @@ def train_experiment(cfg, out=None, resume=False, overwrite=False, verbose="auto
         critic_path = prepare_critic(cfg, train, norm, write_dir / "critic.h5", ds, data_path, verbose=progress)
     keras.utils.set_random_seed(cfg.train.seed)
     with dtype_policy(precision), strategy.scope():
-        nets = build_networks(cfg, size)
+        nets = build_networks(cfg, size, priors=priors)
         critic = None
         if critic_path is not None:
             from harmonize.models.classifier import load_classifier
@@ -368,7 +398,7 @@ def train_experiment(cfg, out=None, resume=False, overwrite=False, verbose="auto
                       loss_scaling=precision == "mixed_float16")
     # float32 copies for saving: a saved generator computes in float32 whatever the training precision
     with dtype_policy("float32"):
-        export = {name: build_networks(cfg, size)[name] for name in ("gen_a2b", "gen_b2a")}
+        export = {name: build_networks(cfg, size, priors=priors)[name] for name in ("gen_a2b", "gen_b2a")}
 
     state = TrainingState(write_dir / "state", {**model.checkpoint_objects(), **_seed_states(model)}, steps)
     start_epoch, start_step = state.restore() if resume else (0, 0)

@@ -56,6 +56,8 @@ def test_overrides_as_strings_and_dicts_win_over_quick():
     ("train.epochs", r"section.key=value"),
     ("data.image_size=40", r"divisible by 2\*\*model.disc_layers"),
     ("model.depth=9", r"model.depth: 9 needs data.image_size divisible by 512"),
+    ("model.prior=nyul", r"model.prior.*'nyul'"),
+    ("model.prior=histmatch", r"model.prior: 'histmatch' needs a residual generator"),
 ])
 def test_bad_values_are_repeated_in_the_error(override, match):
     with pytest.raises(ConfigError, match=match):

@@ -141,6 +141,33 @@ def test_refusals_before_training(tiny_dataset, tmp_path):
         train_experiment(cfg, out=tmp_path / "r4")  # batch 20 > 12 training slices
 
 
+def test_histmatch_prior_is_fitted_on_the_training_split(tiny_dataset, tmp_path):
+    """Exp. 13 (model.prior: histmatch): an untrained generator is the histogram-matching baseline fitted on
+    the training split, in physical units, through the shared normalisation; the saved generator carries it."""
+    import pandas as pd
+
+    from harmonize.baselines import fit_baseline_from_dataset
+    from harmonize.io.dataset import PreparedDataset
+    from harmonize.models.saving import load_generator_model
+    from harmonize.preprocess.intensity import Normalization
+
+    run = tmp_path / "prior"
+    assert _train(["--exp", "13", "--data", str(tiny_dataset), "--out", str(run), "--epochs", "1", "--batch-size", "4",
+                   "--set", "train.learning_rate=1e-12", "--set", "train.validate=false", "--set", "data.align=halfway",
+                   *TINY]) == 0
+    ckpt = pd.read_csv(run / "checkpoints.csv")["g_AtoB"].iloc[-1]
+    model, meta = load_generator_model(run / ckpt)
+    norm = Normalization.from_dict(meta["normalization"])
+    test = PreparedDataset(tiny_dataset).split("test").a.images
+    fake = norm.from_network(np.asarray(model(norm.to_network(test, "A")[..., None], training=False))[..., 0], "B")
+    base = fit_baseline_from_dataset("histmatch", tiny_dataset)
+    q = base.params["source_quantiles"]
+    inside = (test >= q[0]) & (test <= q[-1])
+    assert inside[test > 0].mean() > 0.9
+    np.testing.assert_allclose(fake[inside], base.apply(test)[inside], rtol=1e-3)
+    assert not np.allclose(fake[inside], test[inside], rtol=0.02)  # the tiny data's B is 5 % longer
+
+
 @pytest.mark.slow
 def test_quick_profile_on_builtin_data(tmp_path):
     """The built-in data through train -> select with the quick profile, shortened further."""

@@ -60,7 +60,7 @@ def default_unet_depth(image_size):
 
 
 def build_unet_generator(image_size=256, channels=1, base_filters=64, depth=None, dropout_blocks=3,
-                         dropout_rate=0.5, residual=False, name="gen_a2b"):
+                         dropout_rate=0.5, residual=False, prior=None, name="gen_a2b"):
     """U-Net generator of the thesis (pix2pix encoder-decoder with skip connections).
 
     Encoder ``C64(no norm)-C128-C256-C512-C512...``: 4x4 convolutions with stride 2, instance
@@ -93,6 +93,12 @@ def build_unet_generator(image_size=256, channels=1, base_filters=64, depth=None
         starts from "no change" and the network only has to learn the scanner difference, not
         re-synthesise the whole map (whose reconstruction error would swamp a few-percent
         difference). No tanh: the output range is the input's plus the correction.
+    prior : (sequence of float, sequence of float) or None
+        Knots ``(xp, fp)`` of a fixed monotone value mapping in network units (not in the
+        thesis; residual generators only), e.g. the histogram-matching baseline fitted on the
+        training data: the generator becomes ``prior(x) + correction(prior(x))``, so it starts
+        at the classical baseline and learns only what a global value mapping cannot (spatial
+        fields, local contrast). See :class:`ValueMap`.
     name : str
         Model name (``gen_a2b``, ``gen_b2a``).
 
@@ -136,8 +142,11 @@ def build_unet_generator(image_size=256, channels=1, base_filters=64, depth=None
     def filters(i):
         return min(base * 2**i, base * 8)
 
+    if prior is not None and not residual:
+        raise ConfigError(f"{what}: a value-mapping prior needs the residual form (residual=True)")
     inputs = keras.Input((rows, cols, channels), name="input")
-    x = inputs
+    start = inputs if prior is None else ValueMap(*prior, name="prior")(inputs)
+    x = start
     skips = []
     for i in range(depth - 1):
         k = i + 1
@@ -161,12 +170,74 @@ def build_unet_generator(image_size=256, channels=1, base_filters=64, depth=None
     if residual:
         x = layers.Conv2DTranspose(channels, 4, strides=2, padding="same", kernel_initializer="zeros",
                                    dtype="float32", name="output_correction")(x)
-        outputs = layers.Add(dtype="float32", name="output_residual")([inputs, x])
+        outputs = layers.Add(dtype="float32", name="output_residual")([start, x])
         return keras.Model(inputs, outputs, name=name)
     x = layers.Conv2DTranspose(channels, 4, strides=2, padding="same", kernel_initializer=_init(),
                                dtype="float32", name="output_convT")(x)
     outputs = layers.Activation("tanh", dtype="float32", name="output_tanh")(x)
     return keras.Model(inputs, outputs, name=name)
+
+
+@keras.saving.register_keras_serializable(package="harmonize", name="ValueMap")
+class ValueMap(keras.layers.Layer):
+    """A fixed monotone piecewise-linear value mapping of the foreground, in float32.
+
+    ``y = interp(x, xp, fp)`` through the knots ``(xp, fp)`` (network units), extended beyond the
+    first and last knot by a constant shift (``y = x - xp[0] + fp[0]`` below, likewise above) so
+    the mapping stays invertible and has a gradient everywhere. Background voxels (``x <= floor``,
+    physical 0) are returned unchanged. No trainable weights: the knots live in the layer's
+    config, so a saved generator carries its mapping. Registered as ``harmonize>ValueMap``.
+
+    Parameters
+    ----------
+    xp, fp : sequence of float
+        Knots, ``xp`` non-decreasing (repeated ``xp`` values share the mean of their ``fp``).
+    floor : float
+        Background level in network units (-1 = physical 0).
+    """
+
+    def __init__(self, xp, fp, floor=-1.0, **kwargs):
+        kwargs["dtype"] = "float32"
+        super().__init__(**kwargs)
+        import numpy as np
+
+        xp = np.asarray(xp, np.float64).reshape(-1)
+        fp = np.asarray(fp, np.float64).reshape(-1)
+        if len(xp) != len(fp) or len(xp) < 2 or not (np.all(np.isfinite(xp)) and np.all(np.isfinite(fp))):
+            raise ConfigError(f"ValueMap: need two finite knot arrays of equal length >= 2, got {len(xp)} and {len(fp)}")
+        if np.any(np.diff(xp) < 0):
+            raise ConfigError("ValueMap: the knots xp must be non-decreasing")
+        uniq, inverse = np.unique(xp, return_inverse=True)
+        fp = np.bincount(inverse, weights=fp) / np.bincount(inverse)
+        if len(uniq) < 2:
+            raise ConfigError("ValueMap: the knots xp span a single value; the mapping is undefined")
+        self.xp = [float(v) for v in uniq]
+        self.fp = [float(v) for v in fp]
+        self.floor = float(floor)
+
+    def call(self, inputs):
+        from keras import ops
+
+        x = ops.cast(inputs, "float32")
+        xp = ops.convert_to_tensor(self.xp, "float32")
+        fp = ops.convert_to_tensor(self.fp, "float32")
+        flat = ops.reshape(x, (-1,))
+        last = len(self.xp) - 2
+        i = ops.clip(ops.searchsorted(xp, flat, side="right") - 1, 0, last)
+        x0, x1 = ops.take(xp, i), ops.take(xp, i + 1)
+        y0, y1 = ops.take(fp, i), ops.take(fp, i + 1)
+        inside = y0 + (flat - x0) * (y1 - y0) / (x1 - x0)
+        below = flat - self.xp[0] + self.fp[0]
+        above = flat - self.xp[-1] + self.fp[-1]
+        y = ops.where(flat < self.xp[0], below, ops.where(flat > self.xp[-1], above, inside))
+        y = ops.reshape(y, ops.shape(x))
+        return ops.where(x > self.floor, y, x)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "xp": self.xp, "fp": self.fp, "floor": self.floor}
 
 
 @keras.saving.register_keras_serializable(package="harmonize", name="ReflectionPadding2D")

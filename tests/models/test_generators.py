@@ -102,11 +102,14 @@ def test_saved_generators_load_in_a_fresh_process(tmp_path):
     x = np.random.default_rng(3).uniform(-1, 1, (2, 32, 32, 1)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
     expected = {}
+    prior = (np.linspace(-0.9, 0.9, 7), np.linspace(-0.9, 0.9, 7) ** 3)
     for kind, model in (("unet", build_unet_generator(32, base_filters=4, depth=3)),
-                        ("resnet", build_resnet_generator(32, base_filters=4, n_res_blocks=1))):
+                        ("resnet", build_resnet_generator(32, base_filters=4, n_res_blocks=1)),
+                        ("prior", build_unet_generator(32, base_filters=4, depth=3, residual=True, prior=prior))):
         save_generator(model, tmp_path / f"{kind}.h5", meta)
         expected[kind] = np.asarray(model(x, training=False))
-    # the U-Net needs nothing from harmonize; the ResNet's padding layer is registered by harmonize.models
+    # the U-Net needs nothing from harmonize; the ResNet's padding layer and the prior's ValueMap are
+    # registered by harmonize.models
     script = (
         "import sys, numpy as np, keras\n"
         "d = sys.argv[1]\n"
@@ -115,6 +118,7 @@ def test_saved_generators_load_in_a_fresh_process(tmp_path):
         "import harmonize.models\n"
         "harmonize.models.register_custom_objects()\n"
         "np.save(d + '/resnet_out.npy', np.asarray(keras.models.load_model(d + '/resnet.h5', compile=False)(x)))\n"
+        "np.save(d + '/prior_out.npy', np.asarray(keras.models.load_model(d + '/prior.h5', compile=False)(x)))\n"
     )
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                TF_CPP_MIN_LOG_LEVEL="3")
@@ -127,3 +131,56 @@ def test_saved_generators_load_in_a_fresh_process(tmp_path):
 
     assert read_generator_metadata(tmp_path / "unet.h5")["normalization"] == meta["normalization"]
     json.dumps(read_generator_metadata(tmp_path / "resnet.h5"))
+
+
+def test_value_map_is_the_histmatch_baseline_with_background_and_gradient_kept():
+    """ValueMap through a fitted histogram-matching baseline's quantiles = the baseline inside the training
+    range; background stays; shifted (invertible, non-zero slope) beyond the end knots."""
+    import tensorflow as tf
+
+    from harmonize.baselines import get_baseline
+    from harmonize.models.generators import ValueMap
+
+    rng = np.random.default_rng(0)
+    src = rng.gamma(4.0, 300.0, (3, 16, 16))
+    tgt = 1.1 * rng.gamma(4.0, 300.0, (3, 16, 16)) ** 1.02
+    base = get_baseline("histmatch", n_quantiles=101).fit(src, None, tgt, None)
+    scale = 2.0 / max(src.max(), tgt.max())   # shared normalisation: net = phys * scale - 1
+    layer = ValueMap(np.asarray(base.params["source_quantiles"]) * scale - 1,
+                     np.asarray(base.params["target_quantiles"]) * scale - 1)
+    x = rng.gamma(4.0, 300.0, (2, 16, 16))
+    x[:, :3] = 0.0                            # background rows
+    lo, hi = base.params["source_quantiles"][0], base.params["source_quantiles"][-1]
+    x[:, -1, :4] = hi * np.array([1.01, 1.05, 1.1, 1.2])   # beyond the training range
+    net = tf.constant((x * scale - 1)[..., None], tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(net)
+        out = layer(net)
+    slope = tape.gradient(out, net).numpy()[..., 0]
+    y = (out.numpy()[..., 0] + 1) / scale
+    inside = (x >= lo) & (x <= hi)
+    np.testing.assert_allclose(y[inside], base.apply(x)[inside], rtol=1e-4)
+    np.testing.assert_array_equal(y[x == 0], 0.0)
+    above = x > hi
+    assert above.any()
+    np.testing.assert_allclose(y[above] - x[above], base.params["target_quantiles"][-1] - hi, rtol=1e-3)
+    assert np.all(slope[x > 0] > 0)
+    with pytest.raises(ConfigError, match="non-decreasing"):
+        ValueMap([0.0, -0.5], [0.0, 0.1])
+
+
+def test_prior_generator_starts_at_its_value_map(rng):
+    """residual + prior: G(x) = prior(x) + correction, correction 0 at initialisation; no prior without residual."""
+    from harmonize.models.generators import ValueMap
+
+    knots = (np.linspace(-0.95, 0.95, 9), 1.05 * np.linspace(-0.95, 0.95, 9) + 0.01)
+    g = build_unet_generator(32, base_filters=4, depth=3, residual=True, prior=knots)
+    x = rng.uniform(-1, 1, (2, 32, 32, 1)).astype(np.float32)
+    x[:, :4] = -1.0
+    np.testing.assert_allclose(np.asarray(g(x, training=False)), np.asarray(ValueMap(*knots)(x)), atol=1e-6)
+    assert isinstance(g.get_layer("prior"), ValueMap)
+    with dtype_policy("mixed_bfloat16"):
+        g16 = build_unet_generator(32, base_filters=4, depth=3, residual=True, prior=knots)
+    assert g16.get_layer("prior").compute_dtype == "float32" and g16.output.dtype == "float32"
+    with pytest.raises(ConfigError, match="residual"):
+        build_unet_generator(32, base_filters=4, depth=3, prior=knots)
