@@ -179,18 +179,18 @@ def build_networks(cfg, image_size, channels=1, priors=None):
     m = cfg.model
     if m.prior != "none" and not priors:
         raise ConfigError(f"model.prior: {m.prior!r} needs the knots fitted on the training data (fit_priors)")
-    priors = priors if m.prior != "none" else {}
     kwargs = {"base_filters": m.base_filters}
     if m.generator == "unet":
         kwargs.update(depth=m.depth, dropout_blocks=m.dropout_blocks, dropout_rate=m.dropout_rate,
                       residual=m.residual)
     else:
         kwargs.update(n_res_blocks=m.res_blocks)
-    gens = {name: build_generator(m.generator, image_size, channels, name=name,
-                                  **({**kwargs, "prior": priors[name]} if name in priors else kwargs))
-            for name in ("gen_a2b", "gen_b2a")}
+    if m.prior != "none":
+        kwargs_of = {name: {**kwargs, "prior": priors[name]} for name in ("gen_a2b", "gen_b2a")}
+    else:
+        kwargs_of = {"gen_a2b": kwargs, "gen_b2a": kwargs}
     nets = {
-        **gens,
+        **{name: build_generator(m.generator, image_size, channels, name=name, **kw) for name, kw in kwargs_of.items()},
         "disc_a": build_patchgan_discriminator(image_size, channels, m.disc_base_filters, m.disc_layers, name="disc_a"),
         "disc_b": build_patchgan_discriminator(image_size, channels, m.disc_base_filters, m.disc_layers, name="disc_b"),
         "disc_scanner": None,

@@ -201,14 +201,15 @@ class ValueMap(keras.layers.Layer):
         super().__init__(**kwargs)
         import numpy as np
 
+        from harmonize.baselines import _monotone
+
         xp = np.asarray(xp, np.float64).reshape(-1)
         fp = np.asarray(fp, np.float64).reshape(-1)
         if len(xp) != len(fp) or len(xp) < 2 or not (np.all(np.isfinite(xp)) and np.all(np.isfinite(fp))):
             raise ConfigError(f"ValueMap: need two finite knot arrays of equal length >= 2, got {len(xp)} and {len(fp)}")
         if np.any(np.diff(xp) < 0):
             raise ConfigError("ValueMap: the knots xp must be non-decreasing")
-        uniq, inverse = np.unique(xp, return_inverse=True)
-        fp = np.bincount(inverse, weights=fp) / np.bincount(inverse)
+        uniq, fp = _monotone(xp, fp)  # the histmatch baseline's own merge of repeated knots
         if len(uniq) < 2:
             raise ConfigError("ValueMap: the knots xp span a single value; the mapping is undefined")
         self.xp = [float(v) for v in uniq]
