@@ -215,6 +215,10 @@ class TrainConfig:
         Cap on the steps of an epoch (the first ones of each epoch's order); None: all.
     learning_rate, beta_1, beta_2 : float
         Adam settings of every network (thesis: 2e-4, 0.5).
+    lr_decay_from : float or None
+        Fraction of training (0-1) after which the learning rate falls linearly to zero at the
+        last step (Zhu et al. 2017 decay over the second half: 0.5); None keeps it constant, as
+        the thesis did.
     pool_size : int
         Fakes kept per direction for the discriminators (50; 0 = no pool).
     checkpoint_every : int
@@ -245,6 +249,7 @@ class TrainConfig:
     epochs: int = 20
     steps_per_epoch: int | None = None
     learning_rate: float = 2e-4
+    lr_decay_from: float | None = None
     beta_1: float = 0.5
     beta_2: float = 0.999
     pool_size: int = 50
@@ -264,6 +269,7 @@ class TrainConfig:
              epochs=_check_int(s, "epochs", self.epochs, minimum=1),
              steps_per_epoch=_check_int(s, "steps_per_epoch", self.steps_per_epoch, minimum=1, optional=True),
              learning_rate=_check_float(s, "learning_rate", self.learning_rate, 0.0, low_open=True),
+             lr_decay_from=_check_float(s, "lr_decay_from", self.lr_decay_from, 0.0, 1.0, optional=True),
              beta_1=_check_float(s, "beta_1", self.beta_1, 0.0, 1.0),
              beta_2=_check_float(s, "beta_2", self.beta_2, 0.0, 1.0),
              pool_size=_check_int(s, "pool_size", self.pool_size, minimum=0),

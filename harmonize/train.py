@@ -167,6 +167,17 @@ def _is_chief(strategy):
     return task_type == "worker" and int(resolver.task_id or 0) == 0 and not has_chief
 
 
+def learning_rate_schedule(cfg, steps_per_epoch):
+    """The learning rate of every Adam optimiser: a number, or :class:`LinearDecay` when ``train.lr_decay_from``
+    is set (constant for that fraction of ``train.epochs * steps_per_epoch`` steps, then linearly to zero)."""
+    if cfg.train.lr_decay_from is None:
+        return cfg.train.learning_rate
+    from harmonize.models.cyclegan import LinearDecay
+
+    total = cfg.train.epochs * steps_per_epoch
+    return LinearDecay(cfg.train.learning_rate, round(cfg.train.lr_decay_from * total), total)
+
+
 def build_networks(cfg, image_size, channels=1, priors=None):
     """The networks of an experiment: dict with gen_a2b, gen_b2a, disc_a, disc_b and disc_scanner (or None).
 
@@ -394,8 +405,8 @@ def train_experiment(cfg, out=None, resume=False, overwrite=False, verbose="auto
                 critic, _ = load_classifier(critic_path)
         model = CycleGAN(nets["gen_a2b"], nets["gen_b2a"], nets["disc_a"], nets["disc_b"], nets["disc_scanner"],
                          loss_weights=cfg.loss, pool_size=cfg.train.pool_size, seed=cfg.train.seed, critic=critic)
-        model.compile(learning_rate=cfg.train.learning_rate, beta_1=cfg.train.beta_1, beta_2=cfg.train.beta_2,
-                      loss_scaling=precision == "mixed_float16")
+        model.compile(learning_rate=learning_rate_schedule(cfg, steps), beta_1=cfg.train.beta_1,
+                      beta_2=cfg.train.beta_2, loss_scaling=precision == "mixed_float16")
     # float32 copies for saving: a saved generator computes in float32 whatever the training precision
     with dtype_policy("float32"):
         export = {name: build_networks(cfg, size, priors=priors)[name] for name in ("gen_a2b", "gen_b2a")}

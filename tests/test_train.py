@@ -124,6 +124,55 @@ def test_resume_continues_exactly(tiny_dataset, tmp_path):
                    "--set", "loss.cycle=5"]) == 3
 
 
+@pytest.mark.slow
+def test_learning_rate_decay_resumes_on_its_schedule(tiny_dataset, tmp_path):
+    """train.lr_decay_from: an interrupted run resumed to the end equals the straight run, and both differ from
+    the constant learning rate once the decay has started (not before)."""
+    import keras
+    import pandas as pd
+
+    from harmonize.config import load_experiment
+    from harmonize.train import train_experiment
+
+    class StopAfterFirstEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.model.stop_training = True
+
+    def config(decay):
+        overrides = [f"data.dataset={tiny_dataset}", f"data.image_size={SIZE}", "model.base_filters=4",
+                     "model.disc_base_filters=4", "model.disc_layers=2", "model.depth=3", "train.pool_size=3",
+                     "data.sample_slices=2", "train.batch_size=2", "train.steps_per_epoch=3", "train.epochs=2",
+                     "train.validate=false", f"train.lr_decay_from={decay}"]
+        return load_experiment(3, overrides)
+
+    train_experiment(config(0.5), out=tmp_path / "straight", verbose=0)
+    train_experiment(config(0.5), out=tmp_path / "resumed", verbose=0, callbacks=[StopAfterFirstEpoch()])
+    assert len(pd.read_csv(tmp_path / "resumed" / "losses.csv")) == 3
+    train_experiment(config(0.5), out=tmp_path / "resumed", verbose=0, resume=True)
+    train_experiment(config("null"), out=tmp_path / "constant", verbose=0)
+    straight, resumed, constant = (pd.read_csv(tmp_path / run / "losses.csv").to_numpy()
+                                   for run in ("straight", "resumed", "constant"))
+    np.testing.assert_allclose(resumed, straight, rtol=1e-6)
+    # updates 1-4 run at the full rate (the rate at iteration 3 = decay start is still full), update 5 at 2/3 of
+    # it: the losses of steps 1-5 (each logged before its own update) agree, step 6's do not
+    np.testing.assert_allclose(straight[:5], constant[:5], rtol=1e-6)
+    assert not np.allclose(straight[5:], constant[5:], rtol=1e-4)
+
+
+def test_linear_decay_schedule():
+    from harmonize.config import load_experiment
+    from harmonize.models.cyclegan import LinearDecay
+    from harmonize.train import learning_rate_schedule
+
+    assert learning_rate_schedule(load_experiment(13), 10) == pytest.approx(2e-4)
+    schedule = learning_rate_schedule(load_experiment(13, ["train.lr_decay_from=0.25", "train.epochs=4"]), 10)
+    assert isinstance(schedule, LinearDecay) and (schedule.decay_start, schedule.total_steps) == (10, 40)
+    values = [float(schedule(step)) for step in (0, 10, 25, 40, 50)]
+    np.testing.assert_allclose(values, [2e-4, 2e-4, 1e-4, 0.0, 0.0], rtol=1e-6, atol=1e-12)
+    with pytest.raises(ValueError, match="decay_start"):
+        LinearDecay(1e-3, 5, 4)
+
+
 def test_refusals_before_training(tiny_dataset, tmp_path):
     from harmonize.config import load_experiment
     from harmonize.train import train_experiment

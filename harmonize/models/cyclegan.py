@@ -54,6 +54,43 @@ from harmonize.errors import ConfigError
 from harmonize.losses import LossWeights
 from harmonize.models.discriminators import SCANNER_LABEL_A, SCANNER_LABEL_B
 
+@keras.saving.register_keras_serializable(package="harmonize")
+class LinearDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Constant learning rate up to ``decay_start`` steps, then linear decay to zero at ``total_steps``.
+
+    The schedule of the CycleGAN paper (Zhu et al. 2017: constant for the first half of training,
+    then linearly to zero). The step is the optimiser's own iteration count, which a checkpoint
+    saves, so a resumed run continues on the same schedule.
+    """
+
+    def __init__(self, initial_learning_rate, decay_start, total_steps):
+        if not 0 <= decay_start <= total_steps or total_steps < 1:
+            raise ValueError(f"LinearDecay: need 0 <= decay_start <= total_steps and total_steps >= 1, "
+                             f"got decay_start={decay_start}, total_steps={total_steps}")
+        self.initial_learning_rate = float(initial_learning_rate)
+        self.decay_start = int(decay_start)
+        self.total_steps = int(total_steps)
+
+    def __call__(self, step):
+        step = tf.cast(step, "float32")
+        span = float(max(self.total_steps - self.decay_start, 1))
+        remaining = tf.clip_by_value((self.total_steps - step) / span, 0.0, 1.0)
+        return self.initial_learning_rate * remaining
+
+    def get_config(self):
+        return {"initial_learning_rate": self.initial_learning_rate, "decay_start": self.decay_start,
+                "total_steps": self.total_steps}
+
+
+def _call_joined(net, first, second, training):
+    """``net(first), net(second)`` computed as one call on the two batches joined (fewer, larger calls).
+
+    Exact for networks that treat each image on its own (instance norm, no batch statistics)."""
+    out = net(tf.concat([first, second], axis=0), training=training)
+    n = tf.shape(first)[0]
+    return out[:n], out[n:]
+
+
 #: discriminator log keys in Table 4 order
 DISC_KEYS = ("d_a_real", "d_a_fake", "d_b_real", "d_b_fake")
 SCANNER_KEYS = ("d_scanner_a", "d_scanner_fake_a", "d_scanner_b", "d_scanner_fake_b")
@@ -268,6 +305,8 @@ class CycleGAN(keras.Model):
         ----------
         gen_a2b_optimizer, gen_b2a_optimizer, disc_a_optimizer, disc_b_optimizer, disc_scanner_optimizer
             keras optimizers; None creates Adam with ``learning_rate``, ``beta_1``, ``beta_2``.
+        learning_rate : float or keras.optimizers.schedules.LearningRateSchedule
+            For the Adam optimisers created here (e.g. :class:`LinearDecay`).
         loss_scaling : bool
             Wrap the optimisers in ``keras.optimizers.LossScaleOptimizer`` (mixed_float16).
         **kwargs
@@ -293,10 +332,11 @@ class CycleGAN(keras.Model):
                                  for o in self.optimizers.values())
 
     # ----------------------------------------------------------------------------- losses
-    def generator_terms(self, real_a, real_b, fake_a, fake_b, training=True):
+    def generator_terms(self, real_a, real_b, fake_a, fake_b, training=True, same_a=None, same_b=None):
         """Unweighted generator terms of the active weights, by log key (float32 scalars).
 
-        Subclasses adding a term extend :attr:`GENERATOR_TERMS` and this dict.
+        ``same_b = gen_a2b(real_b)`` and ``same_a = gen_b2a(real_a)`` (the identity mappings) are
+        computed here unless given. Subclasses adding a term extend :attr:`GENERATOR_TERMS` and this dict.
         """
         w = self.loss_weights
         terms = {}
@@ -304,8 +344,10 @@ class CycleGAN(keras.Model):
             terms["g_a2b_adv"] = losses.lsgan_loss(self.disc_b(fake_b, training=training), 1.0)
             terms["g_b2a_adv"] = losses.lsgan_loss(self.disc_a(fake_a, training=training), 1.0)
         if w.active("identity"):
-            terms["g_a2b_identity"] = losses.l1(self.gen_a2b(real_b, training=training), real_b)
-            terms["g_b2a_identity"] = losses.l1(self.gen_b2a(real_a, training=training), real_a)
+            same_b = self.gen_a2b(real_b, training=training) if same_b is None else same_b
+            same_a = self.gen_b2a(real_a, training=training) if same_a is None else same_a
+            terms["g_a2b_identity"] = losses.l1(same_b, real_b)
+            terms["g_b2a_identity"] = losses.l1(same_a, real_a)
         if w.active("cycle") or w.active("ssim"):
             cycled_a = self.gen_b2a(fake_b, training=training)
             cycled_b = self.gen_a2b(fake_a, training=training)
@@ -349,11 +391,15 @@ class CycleGAN(keras.Model):
 
     def discriminator_terms(self, real_a, real_b, pooled_fake_a, pooled_fake_b, training=True):
         """Unweighted discriminator terms by log key, and each discriminator's loss by network name."""
+        # real and pooled fake go through each discriminator as one batch: the same result per image
+        # (instance norm and the PatchGAN's convolutions act on each image alone), one call instead of two
+        real_a_out, fake_a_out = _call_joined(self.disc_a, real_a, pooled_fake_a, training)
+        real_b_out, fake_b_out = _call_joined(self.disc_b, real_b, pooled_fake_b, training)
         terms = {
-            "d_a_real": losses.lsgan_loss(self.disc_a(real_a, training=training), 1.0),
-            "d_a_fake": losses.lsgan_loss(self.disc_a(pooled_fake_a, training=training), 0.0),
-            "d_b_real": losses.lsgan_loss(self.disc_b(real_b, training=training), 1.0),
-            "d_b_fake": losses.lsgan_loss(self.disc_b(pooled_fake_b, training=training), 0.0),
+            "d_a_real": losses.lsgan_loss(real_a_out, 1.0),
+            "d_a_fake": losses.lsgan_loss(fake_a_out, 0.0),
+            "d_b_real": losses.lsgan_loss(real_b_out, 1.0),
+            "d_b_fake": losses.lsgan_loss(fake_b_out, 0.0),
         }
         w = self.loss_weights.discriminator
         net_losses = {"disc_a": w * (terms["d_a_real"] + terms["d_a_fake"]),
@@ -384,9 +430,16 @@ class CycleGAN(keras.Model):
         per_replica = 1.0 / replicas
         gens = ("gen_a2b", "gen_b2a")
         with tf.GradientTape(persistent=True) as tape:
-            fake_b = self.gen_a2b(real_a, training=True)
-            fake_a = self.gen_b2a(real_b, training=True)
-            g_terms = self.generator_terms(real_a, real_b, fake_a, fake_b, training=True)
+            if self.loss_weights.active("identity"):
+                # translation and identity mapping in one call per generator (each image is its own instance)
+                fake_b, same_b = _call_joined(self.gen_a2b, real_a, real_b, True)
+                fake_a, same_a = _call_joined(self.gen_b2a, real_b, real_a, True)
+            else:
+                fake_b = self.gen_a2b(real_a, training=True)
+                fake_a = self.gen_b2a(real_b, training=True)
+                same_a = same_b = None
+            g_terms = self.generator_terms(real_a, real_b, fake_a, fake_b, training=True, same_a=same_a,
+                                           same_b=same_b)
             g_a2b_total, g_b2a_total, objective = self.generator_totals(g_terms)
             pooled_fake_a = self.pool_a.query(fake_a, self.rng)
             pooled_fake_b = self.pool_b.query(fake_b, self.rng)
