@@ -277,3 +277,17 @@ def test_mirrored_strategy_on_two_logical_cpus_matches_one_device():
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=False, timeout=600,
                           cwd=str(REPO))
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-4000:]
+
+
+def test_joined_calls_equal_separate_calls(rng):
+    """train_step runs translation + identity (and real + pooled fake) as one batch: exact per image."""
+    from harmonize.models.cyclegan import _call_joined
+
+    nets = tiny_networks(dropout_blocks=0)
+    a, b = batches(rng, 3)
+    b = b[:2]  # unequal halves: the split must follow the first batch's size
+    for name in ("gen_a2b", "disc_a"):
+        net = nets[name]
+        first, second = _call_joined(net, a, b, True)
+        np.testing.assert_allclose(first.numpy(), net(a, training=True).numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(second.numpy(), net(b, training=True).numpy(), rtol=1e-5, atol=1e-5)
