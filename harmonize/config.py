@@ -219,6 +219,11 @@ class TrainConfig:
         Fraction of training (0-1) after which the learning rate falls linearly to zero at the
         last step (Zhu et al. 2017 decay over the second half: 0.5); None keeps it constant, as
         the thesis did.
+    ema : float or None
+        Save each generator as an exponential moving average of its weights over the training steps
+        with this momentum (Polyak averaging; 0.99 averages over about the last 100 steps). It smooths
+        the step-to-step wander of a GAN's generator; the losses, samples and validation logged during
+        training are those of the current (not averaged) weights. None: save the weights as they are.
     pool_size : int
         Fakes kept per direction for the discriminators (50; 0 = no pool).
     checkpoint_every : int
@@ -250,6 +255,7 @@ class TrainConfig:
     steps_per_epoch: int | None = None
     learning_rate: float = 2e-4
     lr_decay_from: float | None = None
+    ema: float | None = None
     beta_1: float = 0.5
     beta_2: float = 0.999
     pool_size: int = 50
@@ -270,6 +276,7 @@ class TrainConfig:
              steps_per_epoch=_check_int(s, "steps_per_epoch", self.steps_per_epoch, minimum=1, optional=True),
              learning_rate=_check_float(s, "learning_rate", self.learning_rate, 0.0, low_open=True),
              lr_decay_from=_check_float(s, "lr_decay_from", self.lr_decay_from, 0.0, 1.0, optional=True),
+             ema=_check_float(s, "ema", self.ema, 0.0, 0.9999, optional=True, low_open=True),
              beta_1=_check_float(s, "beta_1", self.beta_1, 0.0, 1.0),
              beta_2=_check_float(s, "beta_2", self.beta_2, 0.0, 1.0),
              pool_size=_check_int(s, "pool_size", self.pool_size, minimum=0),

@@ -406,7 +406,8 @@ def train_experiment(cfg, out=None, resume=False, overwrite=False, verbose="auto
         model = CycleGAN(nets["gen_a2b"], nets["gen_b2a"], nets["disc_a"], nets["disc_b"], nets["disc_scanner"],
                          loss_weights=cfg.loss, pool_size=cfg.train.pool_size, seed=cfg.train.seed, critic=critic)
         model.compile(learning_rate=learning_rate_schedule(cfg, steps), beta_1=cfg.train.beta_1,
-                      beta_2=cfg.train.beta_2, loss_scaling=precision == "mixed_float16")
+                      beta_2=cfg.train.beta_2, loss_scaling=precision == "mixed_float16",
+                      generator_ema=cfg.train.ema)
     # float32 copies for saving: a saved generator computes in float32 whatever the training precision
     with dtype_policy("float32"):
         export = {name: build_networks(cfg, size, priors=priors)[name] for name in ("gen_a2b", "gen_b2a")}
@@ -453,7 +454,7 @@ def train_experiment(cfg, out=None, resume=False, overwrite=False, verbose="auto
     def save_pair(step, epoch):
         paths = []
         for direction, (net, src, dst, map_in, map_out, units_in, units_out) in directions.items():
-            export[net].set_weights(getattr(model, net).get_weights())
+            export[net].set_weights(model.generator_weights(net))
             meta = dict(base_meta, direction=direction, input_domain=src, output_domain=dst,
                         input_map_type=map_in, output_map_type=map_out, input_units=units_in,
                         output_units=units_out, epoch=epoch, step=step)

@@ -100,13 +100,14 @@ def test_train_then_select_writes_every_artifact(tiny_dataset, tmp_path):
 
 @pytest.mark.slow
 def test_resume_continues_exactly(tiny_dataset, tmp_path):
-    """1 epoch + --resume to 2 epochs == 2 epochs straight: same steps, same losses, same generators."""
+    """1 epoch + --resume to 2 epochs == 2 epochs straight: same steps, same losses, same generators (saved
+    as moving averages of their weights, so the average must resume too)."""
     import pandas as pd
 
     from harmonize.models.saving import load_generator_model
 
     common = ["--exp", "3", "--data", str(tiny_dataset), "--batch-size", "2", "--set", "train.steps_per_epoch=3",
-              "--set", "train.validate=false", *TINY]
+              "--set", "train.validate=false", "--set", "train.ema=0.5", *TINY]
     assert _train([*common, "--out", str(tmp_path / "straight"), "--epochs", "2"]) == 0
     assert _train([*common, "--out", str(tmp_path / "resumed"), "--epochs", "1"]) == 0
     assert _train([*common, "--out", str(tmp_path / "resumed"), "--epochs", "2", "--resume"]) == 0

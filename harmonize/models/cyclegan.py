@@ -298,7 +298,7 @@ class CycleGAN(keras.Model):
     # ----------------------------------------------------------------------------- compile
     def compile(self, gen_a2b_optimizer=None, gen_b2a_optimizer=None, disc_a_optimizer=None,
                 disc_b_optimizer=None, disc_scanner_optimizer=None, learning_rate=2e-4, beta_1=0.5,
-                beta_2=0.999, loss_scaling=False, **kwargs):
+                beta_2=0.999, loss_scaling=False, generator_ema=None, **kwargs):
         """Set one optimiser per network (default Adam(2e-4, beta_1=0.5)) and build them.
 
         Parameters
@@ -309,6 +309,10 @@ class CycleGAN(keras.Model):
             For the Adam optimisers created here (e.g. :class:`LinearDecay`).
         loss_scaling : bool
             Wrap the optimisers in ``keras.optimizers.LossScaleOptimizer`` (mixed_float16).
+        generator_ema : float or None
+            Momentum of an exponential moving average of each generator's weights, kept by its Adam
+            optimiser (keras ``use_ema``; Polyak averaging); :meth:`generator_weights` returns the
+            averaged weights. None: no average.
         **kwargs
             Passed to ``keras.Model.compile`` (``jit_compile`` defaults to False: XLA was slower
             on CPU).
@@ -321,8 +325,10 @@ class CycleGAN(keras.Model):
         for name, net in self.networks.items():
             opt = given[name]
             if opt is None:
+                ema = {"use_ema": True, "ema_momentum": float(generator_ema)} \
+                    if generator_ema and name.startswith("gen_") else {}
                 opt = keras.optimizers.Adam(learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2,
-                                            name=f"adam_{name}")
+                                            name=f"adam_{name}", **ema)
             if loss_scaling and not isinstance(opt, keras.optimizers.LossScaleOptimizer):
                 opt = keras.optimizers.LossScaleOptimizer(opt, name=f"loss_scale_{name}")
             # build now, so the slots exist before a checkpoint is restored into them
@@ -472,6 +478,20 @@ class CycleGAN(keras.Model):
         for key, tracker in self.trackers.items():
             tracker.update_state(values[key])
         return {key: tracker.result() for key, tracker in self.trackers.items()}
+
+    def generator_weights(self, name):
+        """``get_weights()`` of generator ``name``, with its trainable weights replaced by their moving
+        average when its optimiser keeps one (``compile(generator_ema=...)``): the weights to save."""
+        net = self.networks[name]
+        opt = self.optimizers[name]
+        opt = getattr(opt, "inner_optimizer", opt)  # LossScaleOptimizer keeps the average in the inner one
+        if not opt.use_ema:
+            return net.get_weights()
+        averages = {}
+        for var in net.trainable_variables:
+            average = opt._model_variables_moving_average[opt._get_variable_index(var)]
+            averages[id(var)] = average
+        return [(averages[id(v)] if id(v) in averages else v).numpy() for v in net.weights]
 
     def checkpoint_objects(self):
         """Everything a resumed run needs, for ``tf.train.Checkpoint(**model.checkpoint_objects())``."""

@@ -240,7 +240,8 @@ def test_mixed_float16_uses_loss_scaling(rng):
 
 @pytest.mark.slow
 def test_mirrored_strategy_on_two_logical_cpus_matches_one_device():
-    """Two replicas of batch 1 take the same SGD step as one device with batch 2 (loss scaling across replicas)."""
+    """Two replicas of batch 1 take the same SGD steps as one device with batch 2 (loss scaling across replicas),
+    and keep the same moving average of the generators' weights."""
     script = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(REPO / 'tests')!r})
@@ -256,9 +257,11 @@ def test_mirrored_strategy_on_two_logical_cpus_matches_one_device():
             keras.utils.set_random_seed(0)
             with strategy.scope():
                 model = tiny_model(weights, pool_size=0, dropout_blocks=0)
-                model.compile(**{{k: keras.optimizers.SGD(0.1) for k in
-                                 ("gen_a2b_optimizer", "gen_b2a_optimizer", "disc_a_optimizer", "disc_b_optimizer")}})
-            ds = tf.data.Dataset.from_tensor_slices((a, b)).batch(2)
+                model.compile(**{{k: keras.optimizers.SGD(0.1, use_ema=k.startswith("gen"), ema_momentum=0.5)
+                                 for k in ("gen_a2b_optimizer", "gen_b2a_optimizer", "disc_a_optimizer",
+                                           "disc_b_optimizer")}})
+            # two steps, so the average differs from the last weights
+            ds = tf.data.Dataset.from_tensor_slices((np.concatenate([a, b]), np.concatenate([b, a]))).batch(2)
             hist = model.fit(ds, epochs=1, verbose=0, shuffle=False)
             return model, hist.history
         one, h1 = run(tf.distribute.get_strategy())
@@ -267,6 +270,11 @@ def test_mirrored_strategy_on_two_logical_cpus_matches_one_device():
         assert mirrored.num_replicas_in_sync == 2
         for name in ("gen_a2b", "gen_b2a", "disc_a", "disc_b"):
             for w1, w2 in zip(getattr(one, name).get_weights(), getattr(two, name).get_weights()):
+                np.testing.assert_allclose(w1, w2, rtol=2e-4, atol=2e-6)
+        for name in ("gen_a2b", "gen_b2a"):  # the weights' moving average, kept per replica, agrees too
+            averaged = [one.generator_weights(name), two.generator_weights(name)]
+            assert any(not np.allclose(w, v) for w, v in zip(averaged[0], getattr(one, name).get_weights()))
+            for w1, w2 in zip(*averaged):
                 np.testing.assert_allclose(w1, w2, rtol=2e-4, atol=2e-6)
         for key in h1:
             np.testing.assert_allclose(h1[key], h2[key], rtol=2e-4, atol=1e-6)
@@ -291,3 +299,42 @@ def test_joined_calls_equal_separate_calls(rng):
         first, second = _call_joined(net, a, b, True)
         np.testing.assert_allclose(first.numpy(), net(a, training=True).numpy(), rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(second.numpy(), net(b, training=True).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_generator_weights_are_the_moving_average_of_the_training_weights(rng):
+    """compile(generator_ema=m): average_1 = w_1, average_k = m * average_(k-1) + (1 - m) * w_k over the
+    steps; generator_weights returns it (the discriminators and the weights without average untouched)."""
+    import keras
+    import tensorflow as tf
+
+    m = 0.6
+    model = tiny_model(LossWeights(adversarial=1, cycle=10))
+    model.compile(learning_rate=1e-2, generator_ema=m)
+    assert model.generator_weights("gen_a2b")[0].shape == model.gen_a2b.get_weights()[0].shape
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append(model.gen_a2b.get_weights())
+
+    a, b = batches(rng, 6)
+    ds = tf.data.Dataset.from_tensor_slices((a, b)).batch(2, drop_remainder=True)
+    model.fit(ds, epochs=1, verbose=0, shuffle=False, callbacks=[Record()])
+    assert len(seen) == 3
+    trainable = {id(v) for v in model.gen_a2b.trainable_variables}
+    expected = seen[0]
+    for step in seen[1:]:
+        expected = [m * e + (1 - m) * w for e, w in zip(expected, step)]
+    got = model.generator_weights("gen_a2b")
+    moved = 0
+    for var, e, g, last in zip(model.gen_a2b.weights, expected, got, seen[-1]):
+        if id(var) in trainable:
+            np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6)
+            moved += not np.allclose(g, last)
+        else:
+            np.testing.assert_array_equal(g, last)
+    assert moved > 0  # the average is not the last weights
+    plain = tiny_model(LossWeights(adversarial=1, cycle=10))
+    plain.compile()
+    for g, w in zip(plain.generator_weights("gen_b2a"), plain.gen_b2a.get_weights()):
+        np.testing.assert_array_equal(g, w)
