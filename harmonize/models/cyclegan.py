@@ -82,10 +82,24 @@ class LinearDecay(keras.optimizers.schedules.LearningRateSchedule):
                 "total_steps": self.total_steps}
 
 
+def _per_image(net):
+    """True when no layer of ``net`` (nested models included) mixes the images of a batch (batch norm)."""
+    layers = list(getattr(net, "layers", []))
+    while layers:
+        layer = layers.pop()
+        if isinstance(layer, keras.layers.BatchNormalization):
+            return False
+        layers.extend(getattr(layer, "layers", []))
+    return True
+
+
 def _call_joined(net, first, second, training):
     """``net(first), net(second)`` computed as one call on the two batches joined (fewer, larger calls).
 
-    Exact for networks that treat each image on its own (instance norm, no batch statistics)."""
+    Exact for networks that treat each image on its own (instance norm, no batch statistics); any other
+    network is called twice."""
+    if not _per_image(net):
+        return net(first, training=training), net(second, training=training)
     out = net(tf.concat([first, second], axis=0), training=training)
     n = tf.shape(first)[0]
     return out[:n], out[n:]

@@ -299,6 +299,14 @@ def test_joined_calls_equal_separate_calls(rng):
         first, second = _call_joined(net, a, b, True)
         np.testing.assert_allclose(first.numpy(), net(a, training=True).numpy(), rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(second.numpy(), net(b, training=True).numpy(), rtol=1e-5, atol=1e-5)
+    # a network with batch statistics is not joined (its result would depend on the other batch)
+    import keras
+
+    inp = keras.Input((SIZE, SIZE, 1))
+    bn = keras.Model(inp, keras.layers.BatchNormalization()(keras.layers.Conv2D(2, 3, padding="same")(inp)))
+    first, second = _call_joined(bn, a, b, True)
+    np.testing.assert_allclose(first.numpy(), bn(a, training=True).numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(second.numpy(), bn(b, training=True).numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_generator_weights_are_the_moving_average_of_the_training_weights(rng):
