@@ -501,11 +501,9 @@ class CycleGAN(keras.Model):
         opt = getattr(opt, "inner_optimizer", opt)  # LossScaleOptimizer keeps the average in the inner one
         if not opt.use_ema:
             return net.get_weights()
-        averages = {}
-        for var in net.trainable_variables:
-            average = opt._model_variables_moving_average[opt._get_variable_index(var)]
-            averages[id(var)] = average
-        return [(averages[id(v)] if id(v) in averages else v).numpy() for v in net.weights]
+        averages = {id(v): opt._model_variables_moving_average[opt._get_variable_index(v)]
+                    for v in net.trainable_variables}
+        return [averages.get(id(v), v).numpy() for v in net.weights]
 
     def checkpoint_objects(self):
         """Everything a resumed run needs, for ``tf.train.Checkpoint(**model.checkpoint_objects())``."""
