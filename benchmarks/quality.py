@@ -70,11 +70,11 @@ def dataset_for(scanners, image_size):
     data_dir = cache_dir() / f"{scanners}-data-s{SIMULATOR_VERSION}"
     if not (data_dir / "simulation.json").exists():
         simulate(data_dir, scanners=scanners, progress=False, overwrite=True)
-    path = cache_dir() / f"{scanners}-s{SIMULATOR_VERSION}-T1-{image_size}-reg.h5"
+    path = cache_dir() / f"{scanners}-s{SIMULATOR_VERSION}-T1-{image_size}-regvol.h5"
     if not path.exists():
         a, b = resolve_scanners(scanners)
         prepare_dataset(data_dir, path, source=a.label, target=b.label, image_size=image_size, register=True,
-                        progress=False)
+                        register_volumes=True, progress=False)
     return path
 
 

@@ -11,7 +11,7 @@ Cache location
 
     <cache>/builtin-data-<version>/                 the simulated data folder (DATA layout)
     <cache>/builtin-<version>-f<format>-<options>.h5  prepared datasets, e.g.
-                                                      builtin-0.1.0-f1-T1-native-reg-seed0.h5
+                                                      builtin-0.1.0-s2-f1-T1-native-regvol-seed0.h5
 
 The names carry the harmonize version and the dataset format version, so an upgrade makes new
 files (delete the old ones to free space; each prepared file is a few hundred MB, the data folder
@@ -100,7 +100,8 @@ def builtin_dataset(map_type="T1", target_map_type=None, image_size=None, regist
     image_size : int or (rows, cols), optional
         In-plane resampling (e.g. 64 or 128 for quick experiments); None keeps 256 x 256.
     register : bool
-        Store registered copies (thesis 2.2).
+        Store registered copies (thesis 2.2) and the 3-D registered counterparts of the A slices
+        (``data.align: volume``).
     seed : int
         Seed of the train/test split (10 / 2 subjects).
     progress : bool
@@ -121,7 +122,7 @@ def builtin_dataset(map_type="T1", target_map_type=None, image_size=None, regist
     size = parse_image_size(image_size)
     size_tag = "native" if size is None else f"{size[0]}x{size[1]}"
     types = map_a if map_a == map_b else f"{map_a}-{map_b}"
-    name = (f"builtin-{__version__}-s{SIMULATOR_VERSION}-f{FORMAT_VERSION}-{types}-{size_tag}-{'reg' if register else 'noreg'}"
+    name = (f"builtin-{__version__}-s{SIMULATOR_VERSION}-f{FORMAT_VERSION}-{types}-{size_tag}-{'regvol' if register else 'noreg'}"
             f"-seed{int(seed)}.h5")
     path = cache_dir() / name
     if _usable(path):
@@ -132,7 +133,8 @@ def builtin_dataset(map_type="T1", target_map_type=None, image_size=None, regist
             return path
         summary = prepare_dataset(data_dir, path, source=SOURCE_LABEL, target=TARGET_LABEL, map_type=map_a,
                                   target_map_type=map_b if map_b != map_a else None, test_subjects=2,
-                                  image_size=size, register=register, seed=seed, progress=progress)
+                                  image_size=size, register=register, register_volumes=register, seed=seed,
+                                  progress=progress)
         if progress:
             print(format_summary(summary))
     return path

@@ -103,9 +103,11 @@ class DataConfig:
     augment : bool
         Random flip / scale / shift / rotation (:mod:`harmonize.data`).
     align : str
-        How paired registered slices are aligned: 'halfway' (thesis 2.2: both moved half way) or
+        How paired registered slices are aligned: 'halfway' (thesis 2.2: both moved half way),
         'source' (A untouched, B moved onto A: the generator trains on the raw A maps it will be
-        applied to; :func:`harmonize.data.align_to_source`).
+        applied to; :func:`harmonize.data.align_to_source`) or 'volume' (A untouched, B's volume
+        registered onto A's in 3-D, undoing head rotation and slice offset; needs a dataset prepared
+        with ``--register-volumes``; :func:`harmonize.data.align_to_counterpart`).
     sample_slices : int
         Test slices shown in the per-epoch sample grids.
     """
@@ -131,7 +133,7 @@ class DataConfig:
              paired=_check_bool(s, "paired", self.paired),
              registered=_check_bool(s, "registered", self.registered),
              augment=_check_bool(s, "augment", self.augment),
-             align=_check_choice(s, "align", self.align, ("halfway", "source")),
+             align=_check_choice(s, "align", self.align, ("halfway", "source", "volume")),
              sample_slices=_check_int(s, "sample_slices", self.sample_slices, minimum=1))
 
     @property

@@ -331,3 +331,45 @@ def align_to_source(split, progress=False):
     a = dataclasses.replace(split.a, registered=reg_a)
     b = dataclasses.replace(split.b, registered=reg_b)
     return dataclasses.replace(split, a=a, b=b)
+
+
+def align_to_counterpart(split):
+    """A copy of ``split`` whose paired "registered" slices are raw A and B's 3-D registered counterpart.
+
+    ``harmonize prepare --register-volumes`` registers each subject's B volume onto its A volume
+    (rigid, 3-D) and stores, per A slice, B resampled onto it (:mod:`harmonize.preprocess.rigid`).
+    Unlike the in-plane slice registration this also undoes the head's rotation and the offset
+    between the two slice stacks, so the paired targets show the same anatomy as the A slice. Pairs
+    whose A slice has no counterpart (B's stack does not cover it) are dropped.
+
+    Parameters
+    ----------
+    split : harmonize.io.dataset.SplitData
+        With ``a.counterpart``.
+
+    Returns
+    -------
+    SplitData
+        ``a.registered`` = the raw A slices, ``b.registered[j]`` = the counterpart of the A slice
+        paired with B slice ``j`` (B's own slice where it has no pair), the pairs that have one.
+    """
+    import dataclasses
+
+    counterpart = split.a.counterpart
+    if counterpart is None:
+        raise ConfigError(f"data.align: 'volume' needs the 3-D registered counterparts of the A slices; prepare the "
+                          f"dataset with 'harmonize prepare --register-volumes' (the {split.name or 'given'} split "
+                          "has none)")
+    has = np.isfinite(counterpart[:, 0, 0])
+    keep = has[split.pairs[:, 0]] if len(split.pairs) else np.zeros(0, bool)
+    if len(split.pairs) and not keep.any():
+        raise ConfigError(f"data.align: 'volume': no A slice of the {split.name or 'given'} split has a counterpart "
+                          "(the 3-D registrations failed or B's slices cover none of A's); see the warnings of "
+                          "'harmonize prepare --register-volumes'")
+    pairs = split.pairs[keep]
+    reg_b = split.b.images.copy()
+    reg_b[pairs[:, 1]] = counterpart[pairs[:, 0]]
+    a = dataclasses.replace(split.a, registered=split.a.images.copy())
+    b = dataclasses.replace(split.b, registered=reg_b)
+    shifts = None if split.pair_shifts is None else split.pair_shifts[keep]
+    return dataclasses.replace(split, a=a, b=b, pairs=pairs, pair_shifts=shifts)

@@ -8,7 +8,10 @@ Output: one .h5 file with train/test splits (by subject, seeded; subjects scanne
 scanner go to train), per scanner: slices in physical units (negatives set to 0), subject, slice
 index, spacing, foreground mask; the normalisation to the network range (fitted on the training
 slices of both scanners); optionally registered copies (--register: half-way translation by
-mutual information per pair of corresponding slices, thesis 2.2), paired truth and tissue labels.
+mutual information per pair of corresponding slices, thesis 2.2), optionally the 3-D registered
+counterparts of the A slices (--register-volumes: each subject's B volume registered rigidly onto
+its A volume and resampled on A's slices; the paired targets of Experiment 15), paired truth and
+tissue labels.
 
 Normalisation: 'shared' (default) divides both scanners by one scale, so the inter-scanner
 intensity difference survives; 'per-scanner-max' is the thesis's X/max(X) per scanner (it erases
@@ -17,6 +20,7 @@ types (--target-map, thesis Experiment 6).
 
 Example:
   harmonize prepare data/ --out dataset.h5 --source SIGNA --target Optima_MR450w --register
+  harmonize prepare data/ --out dataset.h5 --register --register-volumes --image-size 128   # for --exp 15
 """
 from __future__ import annotations
 
@@ -47,6 +51,10 @@ def add_arguments(parser):
                         help="resample every slice in-plane to N x N (or R x C) pixels, anti-aliased; spacing is updated")
     parser.add_argument("--register", action="store_true",
                         help="also store registered copies (half-way MI translation of corresponding slices, thesis 2.2)")
+    parser.add_argument("--register-volumes", action="store_true",
+                        help="also store, for every A slice, B's session of the subject registered onto it in 3-D "
+                             "(rigid, mutual information; cubic B-spline): the paired training targets of "
+                             "data.align: volume (Experiment 15)")
     parser.add_argument("--normalization", choices=("shared", "per-scanner-max"), default=None,
                         help="network scaling: 'shared' (one scale for both scanners; default) or the thesis's "
                              "'per-scanner-max' (default when the map types differ)")
@@ -63,7 +71,8 @@ def run(args):
     summary = prepare_dataset(
         args.data_dir, args.out, source=args.source, target=args.target, map_type=args.map,
         target_map_type=args.target_map, test_subjects=args.test_subjects,
-        image_size=parse_image_size(args.image_size), register=args.register, normalization=args.normalization,
+        image_size=parse_image_size(args.image_size), register=args.register, register_volumes=args.register_volumes,
+        normalization=args.normalization,
         seed=args.seed, scanner_tag=args.scanner_tag, series_filter=args.series_filter,
         workers=args.workers, progress=not args.quiet,
     )
@@ -95,10 +104,14 @@ class _Volume:
     masks: np.ndarray = None
     truth: np.ndarray = None
     tissue: np.ndarray = None
+    #: the map as read, with its geometry (for 3-D registration)
+    volume: object = None
+    #: A only: B's session registered (3-D rigid) onto this volume's slices, NaN where B has none
+    counterpart: np.ndarray = None
 
 
 def prepare_dataset(data_dir, out, source=None, target=None, map_type="T1", target_map_type=None,
-                    test_subjects=2, image_size=None, register=False, normalization=None, seed=0,
+                    test_subjects=2, image_size=None, register=False, register_volumes=False, normalization=None, seed=0,
                     scanner_tag="ManufacturerModelName", series_filter=None, workers=None, progress=True):
     """Build the prepared HDF5 dataset from a data folder (the work of ``harmonize prepare``).
 
@@ -119,6 +132,9 @@ def prepare_dataset(data_dir, out, source=None, target=None, map_type="T1", targ
         Without it all slices must share one in-plane size.
     register : bool
         Store half-way registered copies of corresponding slices.
+    register_volumes : bool
+        Store A's counterparts: each subject's B volume registered onto its A volume (3-D rigid)
+        and resampled on A's slices (:mod:`harmonize.preprocess.rigid`).
     normalization : {'shared', 'per-scanner-max'} or None
         None: 'shared' for one map type, 'per-scanner-max' when the map types differ.
     seed : int
@@ -136,7 +152,9 @@ def prepare_dataset(data_dir, out, source=None, target=None, map_type="T1", targ
         Summary: ``out``, ``source``, ``target``, ``map_type_a/_b``, ``subjects`` (split -> list),
         ``slices`` (split -> {'A': n, 'B': n}), ``pairs`` (split -> n), ``normalization``,
         ``notes`` (list of str), ``image_size``, ``registered``, ``shift_mm`` (split -> mean/max
-        |t| in mm) when registered, ``has_truth``, ``has_tissue``.
+        |t| in mm) when registered, ``rotation_deg`` (mean/max of the 3-D registrations) and
+        ``counterparts`` (A slices with one / all A slices) with ``register_volumes``,
+        ``has_truth``, ``has_tissue``.
 
     Raises
     ------
@@ -207,6 +225,8 @@ def prepare_dataset(data_dir, out, source=None, target=None, map_type="T1", targ
                 for v in volumes[domain]:
                     setattr(v, name, None)
 
+    rotations = _register_volumes(volumes, workers, progress) if register_volumes else None
+
     if size is not None:
         for vols in volumes.values():
             for v in vols:
@@ -254,6 +274,11 @@ def prepare_dataset(data_dir, out, source=None, target=None, map_type="T1", targ
         "pixel_spacing_mm": attrs["pixel_spacing_mm"], "registered": bool(register),
         "has_truth": bool(has_truth), "has_tissue": all(s.a.tissue is not None for s in splits.values()),
     }
+    if rotations is not None:
+        with_counterpart = sum(int(np.isfinite(s.a.counterpart[:, 0, 0]).sum()) for s in splits.values())
+        summary["counterparts"] = {"with": with_counterpart, "of": sum(len(s.a) for s in splits.values())}
+        summary["rotation_deg"] = {"mean": float(np.mean(rotations)) if rotations else 0.0,
+                                   "max": float(np.max(rotations)) if rotations else 0.0}
     if register:
         px = min(attrs["pixel_spacing_mm"])
         summary["shift_mm"] = {}
@@ -289,6 +314,10 @@ def format_summary(summary):
         for name, s in summary["shift_mm"].items():
             lines.append(f"  registration ({name}): |shift| mean {s['mean']:.2f} mm, max {s['max']:.2f} mm; "
                          f"mean (x, y) = ({s['mean_x']:+.2f}, {s['mean_y']:+.2f}) mm of B relative to A")
+    if "counterparts" in summary:
+        c, r = summary["counterparts"], summary["rotation_deg"]
+        lines.append(f"  3-D registration: B registered onto A, rotation mean {r['mean']:.2f} deg, max {r['max']:.2f} deg; "
+                     f"{c['with']} of {c['of']} A slices have a counterpart (B covers the rest only partly)")
     extras = [name for name in ("has_truth", "has_tissue") if summary.get(name)]
     if extras:
         lines.append("  stored: " + ", ".join(e.replace("has_", "paired ") if e == "has_truth" else "tissue labels"
@@ -321,7 +350,8 @@ def _read_volume(discover, data_dir, rec, own_label, other_label, other_map):
 
     volume = discover.read_record(rec)
     images = np.maximum(volume.array, 0.0).astype(np.float32)
-    vol = _Volume(rec.subject, str(rec.path), images, volume.spacing, masks=foreground_mask(images).astype(np.uint8))
+    vol = _Volume(rec.subject, str(rec.path), images, volume.spacing, masks=foreground_mask(images).astype(np.uint8),
+                  volume=volume.with_array(images))
     truth_path = discover.find_truth(data_dir, other_label, rec.subject, other_map)
     if truth_path is not None:
         truth = read_map(truth_path, other_map)
@@ -374,6 +404,11 @@ def _resize_volume(v, size):
         v.truth = np.maximum(resize_slices(v.truth, size, order=1, anti_aliasing=True), 0.0)
     if v.tissue is not None:
         v.tissue = resize_slices(v.tissue, size, order=0)
+    if v.counterpart is not None:
+        # whole NaN slices (no counterpart) stay NaN; the others must not see them
+        missing = ~np.isfinite(v.counterpart[:, 0, 0])
+        v.counterpart = np.maximum(resize_slices(np.nan_to_num(v.counterpart), size, order=1, anti_aliasing=True), 0.0)
+        v.counterpart[missing] = np.nan
     v.spacing = resized_spacing(v.spacing, old, size)
 
 
@@ -394,8 +429,26 @@ def _domain_data(volumes):
         subjects=np.repeat([v.subject for v in volumes], n),
         slices=np.concatenate([np.arange(k, dtype=np.int32) for k in n]),
         spacing=np.concatenate([np.tile(np.asarray(v.spacing, np.float32), (k, 1)) for v, k in zip(volumes, n)]),
-        truth=cat("truth"), tissue=cat("tissue"),
+        truth=cat("truth"), tissue=cat("tissue"), counterpart=cat("counterpart"),
     )
+
+
+def _register_volumes(volumes, workers, progress):
+    """Fill ``counterpart`` of every A volume whose subject B also has; return the rotations found (deg)."""
+    from harmonize.preprocess.rigid import counterparts
+
+    by_subject = {v.subject: v for v in volumes["B"]}
+    todo = [v for v in volumes["A"] if v.subject in by_subject]
+    results = counterparts([(v.volume, by_subject[v.subject].volume) for v in todo], workers=workers,
+                           progress=progress)
+    rotations = []
+    for v in volumes["A"]:
+        v.counterpart = np.full(v.images.shape, np.nan, np.float32)
+    for v, (volume, rotation) in zip(todo, results):
+        if volume is not None:
+            v.counterpart = volume
+            rotations.append(rotation)
+    return rotations
 
 
 def _register_split(dom_a, dom_b, pairs, split_name, workers, progress):

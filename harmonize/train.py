@@ -376,6 +376,10 @@ def train_experiment(cfg, out=None, resume=False, overwrite=False, verbose="auto
         from harmonize.data import align_to_source
 
         train = align_to_source(train)
+    elif cfg.data.paired and cfg.data.align == "volume":
+        from harmonize.data import align_to_counterpart
+
+        train = align_to_counterpart(train)
     batch = cfg.train.batch_size
     paired = cfg.data.paired
     full_steps = count_steps(train, batch, paired=paired)

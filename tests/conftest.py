@@ -30,6 +30,42 @@ def tissue_slice(rng, size=32, t1_ms=(4000.0, 1050.0, 620.0), shift=(0.0, 0.0), 
     return img
 
 
+#: grid of :func:`head_session`: (x, y, z) spacing in mm and (slices, rows, columns)
+HEAD_SPACING = (2.0, 2.0, 4.0)
+HEAD_SHAPE = (14, 56, 56)
+
+
+def head_phantom(points):
+    """A smooth 'head' at physical points (..., 3) in mm: ellipsoid tissue with an off-centre inner structure
+    and a lateral lesion, so no rotation or shift maps it onto itself."""
+    x, y, z = points[..., 0], points[..., 1], points[..., 2]
+
+    def blob(cx, cy, cz, rx, ry, rz):
+        r = np.sqrt(((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 + ((z - cz) / rz) ** 2)
+        return 1.0 / (1.0 + np.exp((r - 1.0) * 30.0))
+
+    values = (600.0 * blob(0, 0, 0, 40, 34, 22) + 500.0 * blob(6, -8, 4, 16, 10, 9)
+              + 900.0 * blob(-18, 10, -6, 7, 6, 8) + 300.0 * blob(10, 14, -10, 6, 9, 5))
+    return np.where(values < 5.0, 0.0, values).astype(np.float32)  # background 0, as scanners write it
+
+
+def head_session(origin, rotation_deg=(0.0, 0.0, 0.0), gain=1.0, shape=HEAD_SHAPE):
+    """The phantom sampled on a grid at ``origin``, the head rotated (x, y, z Euler angles, degrees) about 0."""
+    import SimpleITK as sitk
+
+    from harmonize.io.volume import MapVolume
+
+    n, rows, cols = shape
+    k, i, j = np.meshgrid(np.arange(n), np.arange(rows), np.arange(cols), indexing="ij")
+    points = np.stack([origin[0] + j * HEAD_SPACING[0], origin[1] + i * HEAD_SPACING[1],
+                       origin[2] + k * HEAD_SPACING[2]], axis=-1)
+    rot = sitk.Euler3DTransform((0.0, 0.0, 0.0), *np.radians(rotation_deg), (0.0, 0.0, 0.0))
+    matrix = np.asarray(rot.GetMatrix()).reshape(3, 3)
+    # the head is rotated by R: the phantom's own coordinates of a scanner point p are R^-1 p
+    values = head_phantom(points @ matrix) * gain
+    return MapVolume(values, spacing=HEAD_SPACING, origin=origin, map_type="T1")
+
+
 @pytest.fixture
 def make_slice(rng):
     def _make(size=32, **kw):

@@ -278,3 +278,64 @@ def test_simulated_nifti_and_dicom_prepare_alike(tmp_path):
             np.testing.assert_array_equal(a.tissue, b.tissue)
             assert np.abs(a.registered - b.registered).mean() < 1.0
         np.testing.assert_allclose(s_nii.pair_shifts, s_dcm.pair_shifts, atol=0.05)
+
+
+def test_register_volumes_stores_b_on_a_slices(tmp_path, capsys):
+    """--register-volumes: every A slice gets B's session registered onto it in 3-D (its counterpart)."""
+    from tests.conftest import head_session
+
+    root = tmp_path / "data"
+    truths = {}
+    for s, (rotation, dz) in enumerate([((0.0, 0.0, 0.0), 0.0), ((2.5, 0.0, 1.0), 2.0), ((-2.0, 1.0, 0.0), -1.5)]):
+        a = head_session((-55.0, -55.0, -26.0))
+        # B: the head rotated, the stack offset by dz, other scanner coordinates, values 4 % longer
+        b = head_session((-55.0, -55.0, -26.0 + dz), rotation_deg=rotation, gain=1.04)
+        write_map(a, root / "SCANNER_A" / f"sub{s:02d}.nii.gz")
+        write_map(b.with_array(b.array, origin=(30.0, -80.0, 40.0 + dz)), root / "SCANNER_B" / f"sub{s:02d}.nii.gz")
+        truths[f"sub{s:02d}"] = 1.04 * a.array
+    out = tmp_path / "vol.h5"
+    assert _prepare(root, out, "--register-volumes", "--test-subjects", "0") == 0
+    assert "3-D registration: B registered onto A" in capsys.readouterr().out
+    ds = PreparedDataset(out)
+    assert ds.has_counterparts and not ds.has_registered
+    train = ds.split("train")
+    assert train.b.counterpart is None and train.a.counterpart.shape == train.a.images.shape
+    has = np.isfinite(train.a.counterpart[:, 0, 0])
+    assert has.mean() > 0.75
+    assert np.isnan(train.a.counterpart[~has]).all() and np.nanmin(train.a.counterpart) >= 0
+    for subject in ("sub01", "sub02"):
+        rows = np.flatnonzero((train.a.subjects == subject) & has)
+        head = train.a.images[rows] > 100
+        truth = truths[subject][train.a.slices[rows]]
+        same_index = train.b.images[np.flatnonzero(train.b.subjects == subject)][train.a.slices[rows]]
+        # the counterparts show A's anatomy as B measures it; B's slices of the same index do not
+        after = np.abs(train.a.counterpart[rows] - truth)[head].mean()
+        before = np.abs(same_index - truth)[head].mean()
+        assert after < 0.5 * before, (subject, before, after)
+
+
+def test_align_volume_trains_on_counterparts_and_refuses_without(tmp_path):
+    """data.align: volume pairs raw A with its counterpart, drops slices without one; a dataset without
+    counterparts is refused with the command that makes them."""
+    from harmonize.data import align_to_counterpart
+    from harmonize.io.dataset import DomainData, SplitData
+
+    rng = np.random.default_rng(0)
+    a = rng.uniform(500, 1500, (4, 8, 8)).astype(np.float32)
+    b = rng.uniform(500, 1500, (4, 8, 8)).astype(np.float32)
+    cp = a * 1.04
+    cp[3] = np.nan
+    spacing = np.tile([1.0, 1.0, 4.0], (4, 1))
+    dom_a = DomainData(a, a > 0, ["s"] * 4, np.arange(4), spacing, counterpart=cp)
+    dom_b = DomainData(b, b > 0, ["s"] * 4, np.arange(4), spacing)
+    # B's slices in reverse order: the pairs, not the positions, say which B slice goes with which A slice
+    split = SplitData(dom_a, dom_b, [[0, 3], [1, 2], [2, 1], [3, 0]], name="train")
+    out = align_to_counterpart(split)
+    np.testing.assert_array_equal(out.pairs, [[0, 3], [1, 2], [2, 1]])
+    np.testing.assert_array_equal(out.a.registered, a)
+    np.testing.assert_array_equal(out.b.registered[[3, 2, 1]], cp[:3])
+    np.testing.assert_array_equal(out.b.registered[0], b[0])  # B slice without a usable pair keeps its values
+    assert split.b.registered is None and len(split.pairs) == 4  # the input is not modified
+    plain = SplitData(DomainData(a, a > 0, ["s"] * 4, np.arange(4), spacing), dom_b, split.pairs, name="train")
+    with pytest.raises(ConfigError, match="--register-volumes"):
+        align_to_counterpart(plain)

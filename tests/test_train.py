@@ -15,7 +15,7 @@ TINY = ["--image-size", str(SIZE), "--set", "model.base_filters=4", "--set", "mo
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory):
     """A prepared .h5: 3 train / 1 test subjects x 4 slices of 32x32 T1 (ms) per scanner, B 5 % longer,
-    with registered copies, pairs and a paired truth."""
+    with registered copies, pairs, a paired truth and 3-D counterparts (none for each subject's first slice)."""
     from harmonize.io.dataset import DomainData, SplitData, write_dataset
     from harmonize.preprocess.intensity import Normalization
     from tests.conftest import tissue_slice
@@ -30,7 +30,8 @@ def tiny_dataset(tmp_path_factory):
         a, b = base, np.stack([tissue_slice(rng, SIZE, shift=(k - 2, s - 1), noise=10.0) * 1.05
                                for s in range(subjects) for k in range(4)])
         spacing = np.tile([0.9, 0.9, 4.0], (len(subj), 1))
-        dom_a = DomainData(a, a > 0, subj, slices, spacing, registered=a, truth=a * 1.05)
+        counterpart = np.where(np.asarray(slices)[:, None, None] == 0, np.nan, a * 1.05)
+        dom_a = DomainData(a, a > 0, subj, slices, spacing, registered=a, truth=a * 1.05, counterpart=counterpart)
         dom_b = DomainData(b, b > 0, subj, slices, spacing, registered=b, truth=b / 1.05)
         splits[name] = SplitData(dom_a, dom_b, np.stack([np.arange(len(subj))] * 2, axis=1), name=name)
     norm = Normalization.fit(splits["train"].a.images, splits["train"].b.images)
@@ -189,6 +190,17 @@ def test_refusals_before_training(tiny_dataset, tmp_path):
         train_experiment(cfg, out=tmp_path / "r3", resume=True)
     with pytest.raises(ConfigError, match="less than one batch"):
         train_experiment(cfg, out=tmp_path / "r4")  # batch 20 > 12 training slices
+
+
+def test_align_volume_trains_on_the_pairs_with_a_counterpart(tiny_dataset, tmp_path):
+    """Exp. 15 (data.align: volume): the paired steps draw only A slices that have a 3-D counterpart."""
+    import pandas as pd
+
+    run = tmp_path / "vol"
+    assert _train(["--exp", "15", "--data", str(tiny_dataset), "--out", str(run), "--epochs", "1", "--batch-size", "3",
+                   "--set", "train.validate=false", *TINY]) == 0
+    # 12 training pairs, 3 of them (each subject's slice 0) without a counterpart: 9 pairs, 3 steps of 3
+    assert list(pd.read_csv(run / "losses.csv")["step"]) == [1, 2, 3]
 
 
 def test_histmatch_prior_is_fitted_on_the_training_split(tiny_dataset, tmp_path):

@@ -11,6 +11,9 @@ Layout (docs/DESIGN.md, "Prepared HDF5 dataset")::
     /<split>/<domain>/registered  (N, H, W) float32  optional, half-way translation copies
     /<split>/<domain>/truth       (N, H, W) float32  optional, paired truth on the other scanner
     /<split>/<domain>/tissue      (N, H, W) uint8    optional, 0 bg, 1 CSF, 2 GM, 3 WM, 4 other
+    /<split>/A/counterpart        (N, H, W) float32  optional: the subject's B session registered onto
+                                                     each A slice in 3-D (rigid), B's units; all NaN
+                                                     where B's stack does not cover the slice
     /<split>/pairs                (M, 2) int32       rows (i, j): A slice i and B slice j correspond
     /<split>/pair_shifts          (M, 2) float32     optional: registration translation of B onto A
                                                      for each pair, (x, y) mm (A moved by +t/2,
@@ -46,7 +49,7 @@ FORMAT_VERSION = 1
 SPLITS = ("train", "test")
 DOMAINS = ("A", "B")
 #: optional per-domain arrays and their dtypes
-OPTIONAL_ARRAYS = {"registered": np.float32, "truth": np.float32, "tissue": np.uint8}
+OPTIONAL_ARRAYS = {"registered": np.float32, "truth": np.float32, "tissue": np.uint8, "counterpart": np.float32}
 REQUIRED_ATTRS = ("format_version", "source", "target", "map_type_a", "map_type_b", "normalization", "image_size")
 
 
@@ -70,6 +73,9 @@ class DomainData:
         (N, H, W) float32 registered copies / paired truth of the slice on the other scanner.
     tissue : np.ndarray or None
         (N, H, W) uint8 tissue labels (0 background, 1 CSF, 2 GM, 3 WM, 4 other).
+    counterpart : np.ndarray or None
+        (N, H, W) float32, domain A only: the subject's session on the other scanner registered onto
+        each slice in 3-D (``harmonize prepare --register-volumes``); a slice without one is all NaN.
     """
 
     images: np.ndarray
@@ -80,6 +86,7 @@ class DomainData:
     registered: np.ndarray | None = None
     truth: np.ndarray | None = None
     tissue: np.ndarray | None = None
+    counterpart: np.ndarray | None = None
 
     def __post_init__(self):
         self.images = np.asarray(self.images, dtype=np.float32)
@@ -306,6 +313,8 @@ class PreparedDataset:
     has_registered = property(lambda self: bool(self._optional["registered"]),
                               doc="True when registered copies are stored")
     has_tissue = property(lambda self: bool(self._optional["tissue"]), doc="True when tissue labels are stored")
+    has_counterparts = property(lambda self: bool(self._optional["counterpart"]),
+                                doc="True when 3-D registered counterparts of the A slices are stored")
 
     @property
     def normalization(self):
