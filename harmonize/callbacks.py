@@ -220,8 +220,9 @@ class SampleGrid(keras.callbacks.Callback):
 
     def translate(self):
         """``(fake_b, fake_a)`` of the fixed slices, physical units, (n, rows, cols)."""
-        return translate(self.model.gen_a2b, self.real_a, self.norm, "A", "B"), \
-            translate(self.model.gen_b2a, self.real_b, self.norm, "B", "A")
+        with _saved_generators(self.model):
+            return translate(self.model.gen_a2b, self.real_a, self.norm, "A", "B"), \
+                translate(self.model.gen_b2a, self.real_b, self.norm, "B", "A")
 
     def on_epoch_end(self, epoch, logs=None):
         from harmonize.plots import plot_sample_grid
@@ -234,6 +235,14 @@ class SampleGrid(keras.callbacks.Callback):
                          label_a=info.get("label_a", "A"), label_b=info.get("label_b", "B"),
                          units_a=info.get("units_a", "ms"), units_b=info.get("units_b", "ms"),
                          map_a=info.get("map_a", "T1"), map_b=info.get("map_b", "T1"), title=title)
+
+
+def _saved_generators(model):
+    """``model.saved_generators()`` for the training model; no change for a model without one."""
+    import contextlib
+
+    block = getattr(model, "saved_generators", None)
+    return block() if block is not None else contextlib.nullcontext()
 
 
 def translate(generator, images, norm, source, target, batch_size=8):
@@ -282,14 +291,16 @@ class ValidationMetrics(keras.callbacks.Callback):
         self.identity_a2b = float(np.mean(np.abs(images - truth)[mask])) if mask.any() else float("nan")
 
     def compute(self):
-        """Dict of the validation errors for the current generators."""
+        """Dict of the validation errors of the generators as they would be saved now (the moving
+        averages of their weights when training keeps them)."""
         images, truth, mask = self.a
-        fake_b = translate(self.model.gen_a2b, images, self.norm, "A", "B")
+        with _saved_generators(self.model):
+            fake_b = translate(self.model.gen_a2b, images, self.norm, "A", "B")
+            fake_a = None if self.b is None else translate(self.model.gen_b2a, self.b[0], self.norm, "B", "A")
         out = {"val_mae_a2b": float(np.mean(np.abs(fake_b - truth)[mask])) if mask.any() else float("nan"),
                "val_mae_a2b_identity": self.identity_a2b}
         if self.b is not None:
-            images, truth, mask = self.b
-            fake_a = translate(self.model.gen_b2a, images, self.norm, "B", "A")
+            _, truth, mask = self.b
             out["val_mae_b2a"] = float(np.mean(np.abs(fake_a - truth)[mask])) if mask.any() else float("nan")
         return out
 

@@ -203,6 +203,26 @@ def test_align_volume_trains_on_the_pairs_with_a_counterpart(tiny_dataset, tmp_p
     assert list(pd.read_csv(run / "losses.csv")["step"]) == [1, 2, 3]
 
 
+def test_validation_scores_the_saved_averaged_generator(tiny_dataset, tmp_path):
+    """With train.ema the per-epoch val_mae_a2b is the error of the generator that is saved (the weights'
+    moving average), not of the training weights."""
+    import pandas as pd
+
+    from harmonize.apply import load_generator
+    from harmonize.io.dataset import PreparedDataset
+
+    run = tmp_path / "ema"
+    assert _train(["--exp", "8", "--data", str(tiny_dataset), "--out", str(run), "--epochs", "1", "--batch-size", "2",
+                   "--set", "train.ema=0.5", "--set", "train.learning_rate=0.01", "--set", "train.precision=float32",
+                   *TINY]) == 0
+    logged = float(pd.read_csv(run / "losses_epoch.csv")["val_mae_a2b"].iloc[-1])
+    gen = load_generator(run / pd.read_csv(run / "checkpoints.csv")["g_AtoB"].iloc[-1])
+    test = PreparedDataset(tiny_dataset).split("test")
+    mask = test.a.masks > 0
+    saved = float(np.mean(np.abs(gen.harmonize(test.a.images) - test.a.truth)[mask]))
+    assert logged == pytest.approx(saved, rel=1e-4)
+
+
 def test_histmatch_prior_is_fitted_on_the_training_split(tiny_dataset, tmp_path):
     """Exp. 13 (model.prior: histmatch): an untrained generator is the histogram-matching baseline fitted on
     the training split, in physical units, through the shared normalisation; the saved generator carries it."""

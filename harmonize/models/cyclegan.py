@@ -46,6 +46,8 @@ meant to be extended: a subclass adds terms by extending :attr:`CycleGAN.GENERAT
 """
 from __future__ import annotations
 
+import contextlib
+
 import keras
 import tensorflow as tf
 
@@ -497,13 +499,35 @@ class CycleGAN(keras.Model):
         """``get_weights()`` of generator ``name``, with its trainable weights replaced by their moving
         average when its optimiser keeps one (``compile(generator_ema=...)``): the weights to save."""
         net = self.networks[name]
-        opt = self.optimizers[name]
-        opt = getattr(opt, "inner_optimizer", opt)  # LossScaleOptimizer keeps the average in the inner one
-        if not opt.use_ema:
+        opt = self._averaging_optimizer(name)
+        if opt is None:
             return net.get_weights()
         averages = {id(v): opt._model_variables_moving_average[opt._get_variable_index(v)]
                     for v in net.trainable_variables}
         return [averages.get(id(v), v).numpy() for v in net.weights]
+
+    def _averaging_optimizer(self, name):
+        """The optimiser of network ``name`` when it keeps a moving average of the weights, else None."""
+        opt = self.optimizers[name]
+        opt = getattr(opt, "inner_optimizer", opt)  # LossScaleOptimizer keeps the average in the inner one
+        return opt if opt.use_ema else None
+
+    @contextlib.contextmanager
+    def saved_generators(self):
+        """Within the block the generators hold the weights :meth:`generator_weights` saves (their moving
+        averages when an optimiser keeps one), so per-epoch validation and samples show the saved
+        generators; the training weights are back afterwards."""
+        training = {}
+        for name in ("gen_a2b", "gen_b2a"):
+            if self._averaging_optimizer(name) is not None:
+                net = self.networks[name]
+                training[name] = net.get_weights()
+                net.set_weights(self.generator_weights(name))
+        try:
+            yield self
+        finally:
+            for name, weights in training.items():
+                self.networks[name].set_weights(weights)
 
     def checkpoint_objects(self):
         """Everything a resumed run needs, for ``tf.train.Checkpoint(**model.checkpoint_objects())``."""
