@@ -21,11 +21,11 @@ Recipe study (experiments 7-11, 128 px, about 20 minutes on a 2-core CPU)::
 
     python benchmarks/quality.py --exp 7 8 9 10 11 --train
 
-The recommended recipe (Experiment 14), on the built-in pair and on the other scanner pair (differences
+The recommended recipe (Experiment 15), on the built-in pair and on the other scanner pair (differences
 the default simulator does not make)::
 
-    python benchmarks/quality.py --exp 14 --train
-    python benchmarks/quality.py --exp 14 --train --scanners alternative
+    python benchmarks/quality.py --exp 15 --train
+    python benchmarks/quality.py --exp 15 --train --scanners alternative
 
 Thesis experiments in their quick profiles::
 

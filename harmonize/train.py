@@ -55,8 +55,8 @@ RUN_MARKERS = ("config.yaml", "losses.csv", "checkpoints.csv", "state")
 
 def add_arguments(parser):
     parser.add_argument("--exp", required=True, metavar="N",
-                        help="experiment number (experiments/exp<N>.yaml: 1-6 thesis, 7-12 recipe study, "
-                             "13 recommended recipe) or path to an experiment YAML file")
+                        help="experiment number (experiments/exp<N>.yaml: 1-6 thesis, 7-14 recipe study, "
+                             "15 recommended recipe) or path to an experiment YAML file")
     parser.add_argument("--data", metavar="DATASET.h5",
                         help="prepared dataset (harmonize prepare); default: the built-in simulated dataset")
     parser.add_argument("--out", metavar="DIR", help="run folder (default: checkpoints/exp<N>[-quick])")
