@@ -38,11 +38,13 @@ HEAD_SHAPE = (14, 56, 56)
 def head_phantom(points):
     """A smooth 'head' at physical points (..., 3) in mm: ellipsoid tissue with an off-centre inner structure
     and a lateral lesion, so no rotation or shift maps it onto itself."""
+    from scipy.special import expit
+
     x, y, z = points[..., 0], points[..., 1], points[..., 2]
 
     def blob(cx, cy, cz, rx, ry, rz):
         r = np.sqrt(((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 + ((z - cz) / rz) ** 2)
-        return 1.0 / (1.0 + np.exp((r - 1.0) * 30.0))
+        return expit((1.0 - r) * 30.0)
 
     values = (600.0 * blob(0, 0, 0, 40, 34, 22) + 500.0 * blob(6, -8, 4, 16, 10, 9)
               + 900.0 * blob(-18, 10, -6, 7, 6, 8) + 300.0 * blob(10, 14, -10, 6, 9, 5))

@@ -147,6 +147,26 @@ def test_pooled_domains_and_table2_known_values(tmp_path):
     path = make_tiny_dataset(tmp_path / "gain.h5", gain_b=1.08, noise_b=0.0, registered=True)
     t = paired_table(pooled_domains(PreparedDataset(path)))[0].set_index("measure")
     assert t.loc["NRMSE", "after registration"] == pytest.approx(0.08, abs=1e-5)
+    assert "after 3-D registration" not in t.columns
+
+
+def test_table2_scores_the_counterparts_of_a_3d_registration(tmp_path):
+    """With counterparts (--register-volumes) Table 2 adds A against its counterpart, slices without one left out."""
+    from harmonize.assess import paired_table, pooled_domains
+    from harmonize.io.dataset import PreparedDataset
+
+    pool = pooled_domains(PreparedDataset(make_tiny_dataset(tmp_path / "same.h5", gain_b=1.0, noise_b=0.0)))
+    pairs = pool["pairs"]
+    # B's anatomy is A's moved by (1, -1) px: moved back it is A's counterpart exactly
+    counterpart = np.zeros_like(pool["A"].images)
+    counterpart[pairs[:, 0]] = np.roll(pool["B"].images[pairs[:, 1]], (-1, 1), axis=(1, 2))
+    counterpart[0] = np.nan
+    pool["A"].counterpart = counterpart
+    t = paired_table(pool)[0].set_index("measure")
+    assert t.loc["SSIM", "after 3-D registration"] == pytest.approx(1.0, abs=1e-6)
+    assert t.loc["NRMSE", "after 3-D registration"] == pytest.approx(0.0, abs=1e-6)
+    assert t.loc["slice pairs", "after 3-D registration"] == len(pool["A"]) - 1
+    assert t.loc["SSIM", "before registration"] < 0.99
 
 
 def test_crop_region_keeps_where_the_brain_usually_is(tmp_path, tiny_h5):
