@@ -34,6 +34,8 @@ from harmonize.preprocess.registration import HISTOGRAM_BINS, pyramid
 MAX_ITERATIONS = 200
 #: a counterpart slice must cover at least this fraction of the A slice's foreground
 MIN_COVERAGE = 0.999
+#: fewer slices than this cannot be registered in 3-D (the pyramid's smoothing needs them)
+MIN_SLICES = 4
 
 
 def rigid_transform(fixed, moving):
@@ -98,6 +100,10 @@ def counterpart(a, b):
 
     from harmonize.preprocess.masks import foreground_mask
 
+    for volume in (a, b):
+        if volume.array.shape[0] < MIN_SLICES:
+            raise RuntimeError(f"{volume.name} has {volume.array.shape[0]} slice(s); 3-D registration needs at least "
+                               f"{MIN_SLICES}")
     fixed = a.to_sitk()
     moving = b.to_sitk()
     transform = rigid_transform(fixed, moving)
@@ -149,7 +155,7 @@ def counterparts(volume_pairs, workers=None, progress=False, desc="registering v
         try:
             volume, transform = counterpart(a, b)
         except RuntimeError as err:
-            warnings.warn(f"{b.source or b.subject}: 3-D registration onto {a.source or a.subject} failed "
+            warnings.warn(f"{b.name}: 3-D registration onto {a.name} failed "
                           f"({str(err).strip().splitlines()[-1]}); this subject has no counterparts", stacklevel=3)
             return k, (None, None)
         return k, (volume, rotation_degrees(transform))
