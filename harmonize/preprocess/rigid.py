@@ -18,7 +18,8 @@ when the sessions' stacks are offset), the counterpart is all NaN: it has none.
 Registration is deterministic (every voxel sampled, ITK on one thread per registration) and
 cheap: a multi-resolution pyramid whose finest level is shrunk to about 128 pixels in-plane takes
 about 1.5 s of CPU for a 256 x 256 x 27 volume, with the same accuracy as the full resolution
-(tissue means of the counterparts within 0.05 % of the full-resolution ones, measured).
+(tissue means of the counterparts within 0.05 points of the full-resolution ones in WM and 0.15 in GM,
+three subjects of the built-in data).
 """
 from __future__ import annotations
 
