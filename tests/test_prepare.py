@@ -261,7 +261,7 @@ def test_simulated_nifti_and_dicom_prepare_alike(tmp_path):
     for fmt in ("nifti", "dicom"):
         simulate(tmp_path / fmt, subjects=3, slices=4, size=48, fmt=fmt, maps=("T1",), progress=False)
         prepare_dataset(tmp_path / fmt, tmp_path / f"{fmt}.h5", source="SIGNA", target="Optima_MR450w",
-                        test_subjects=1, register=True, progress=False)
+                        test_subjects=1, register=True, register_volumes=True, progress=False)
     slope = max(float(pydicom.dcmread(p).RescaleSlope) for p in sorted((tmp_path / "dicom").rglob("*.dcm"))[:4])
     nii, dcm = PreparedDataset(tmp_path / "nifti.h5"), PreparedDataset(tmp_path / "dicom.h5")
     assert nii.has_truth and nii.has_tissue and dcm.has_truth
@@ -278,6 +278,12 @@ def test_simulated_nifti_and_dicom_prepare_alike(tmp_path):
             np.testing.assert_array_equal(a.tissue, b.tissue)
             assert np.abs(a.registered - b.registered).mean() < 1.0
         np.testing.assert_allclose(s_nii.pair_shifts, s_dcm.pair_shifts, atol=0.05)
+        # the 3-D registration reads each format's geometry (scanner coordinates) and finds the same counterparts
+        cp_nii, cp_dcm = s_nii.a.counterpart, s_dcm.a.counterpart
+        np.testing.assert_array_equal(np.isfinite(cp_nii[:, 0, 0]), np.isfinite(cp_dcm[:, 0, 0]))
+        assert np.isfinite(cp_nii[:, 0, 0]).any()
+        # DICOM's value rounding moves the registration by ~0.01 mm (5 mm pixels); a geometry error would be mm
+        assert np.nanmean(np.abs(cp_nii - cp_dcm)) < 0.01 * np.nanmean(cp_nii)
 
 
 def test_register_volumes_stores_b_on_a_slices(tmp_path, capsys):
