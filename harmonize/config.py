@@ -224,8 +224,8 @@ class TrainConfig:
     ema : float or None
         Save each generator as an exponential moving average of its weights over the training steps
         with this momentum (Polyak averaging; 0.99 averages over about the last 100 steps). It smooths
-        the step-to-step wander of a GAN's generator; the losses, samples and validation logged during
-        training are those of the current (not averaged) weights. None: save the weights as they are.
+        the step-to-step wander of a GAN's generator; the per-epoch samples and validation errors show
+        the averaged weights, the logged losses those being trained. None: save the weights as they are.
     pool_size : int
         Fakes kept per direction for the discriminators (50; 0 = no pool).
     checkpoint_every : int

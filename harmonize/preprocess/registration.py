@@ -153,11 +153,8 @@ def translate(image, shift, spacing=(1.0, 1.0)):
 
 
 def register_pairs(pairs_a, pairs_b, spacings, workers=None, progress=False, desc="registering"):
-    """Register many slice pairs, ``workers`` at a time.
-
-    SimpleITK releases the GIL while it registers, so a thread pool uses the cores without the
-    start-up cost and the ``__main__`` re-import of a process pool (which would also break in
-    notebooks and unguarded scripts). Each registration runs ITK on one thread.
+    """Register many slice pairs, ``workers`` at a time (threads, :func:`run_threads`); each
+    registration runs ITK on one thread.
 
     Parameters
     ----------
@@ -177,10 +174,6 @@ def register_pairs(pairs_a, pairs_b, spacings, workers=None, progress=False, des
     shifts : np.ndarray
         (M, 2) float64 translations (mm, (x, y)) of B's anatomy relative to A's.
     """
-    import concurrent.futures
-
-    from tqdm.auto import tqdm
-
     pairs_a = np.asarray(pairs_a, np.float32)
     pairs_b = np.asarray(pairs_b, np.float32)
     m = len(pairs_a)
@@ -188,23 +181,40 @@ def register_pairs(pairs_a, pairs_b, spacings, workers=None, progress=False, des
     a_reg = np.zeros_like(pairs_a)
     b_reg = np.zeros_like(pairs_b)
     shifts = np.zeros((m, 2))
-    if workers is None:
-        workers = min(2, os.cpu_count() or 1)
 
     def one(k):
         a_reg[k], b_reg[k], shifts[k] = register_pair(pairs_a[k], pairs_b[k], spacings[k])
 
-    with tqdm(total=m, desc=desc, unit="pair", disable=not progress, leave=False) as bar:
-        if workers <= 1:
-            for k in range(m):
-                one(k)
+    run_threads(one, m, workers, progress, desc, unit="pair")
+    return a_reg, b_reg, shifts
+
+
+def run_threads(one, count, workers=None, progress=False, desc="", unit="item"):
+    """``[one(0), ..., one(count - 1)]``, ``workers`` calls at a time in threads, with a tqdm bar.
+
+    The registrations run in SimpleITK, which releases the GIL, so threads use the cores without a
+    process pool's start-up cost and ``__main__`` re-import (which would also break in notebooks and
+    unguarded scripts). ``workers``: default min(2, CPUs); 1 runs the calls in order in this thread.
+    """
+    import concurrent.futures
+
+    from tqdm.auto import tqdm
+
+    if workers is None:
+        workers = min(2, os.cpu_count() or 1)
+    results = [None] * count
+    with tqdm(total=count, desc=desc, unit=unit, disable=not progress, leave=False) as bar:
+        if int(workers) <= 1:
+            for k in range(count):
+                results[k] = one(k)
                 bar.update()
         else:
             with concurrent.futures.ThreadPoolExecutor(max_workers=int(workers)) as pool:
-                for fut in concurrent.futures.as_completed([pool.submit(one, k) for k in range(m)]):
-                    fut.result()
+                futures = {pool.submit(one, k): k for k in range(count)}
+                for fut in concurrent.futures.as_completed(futures):
+                    results[futures[fut]] = fut.result()
                     bar.update()
-    return a_reg, b_reg, shifts
+    return results
 
 
 def _image(array, spacing):

@@ -23,13 +23,11 @@ three subjects of the built-in data).
 """
 from __future__ import annotations
 
-import concurrent.futures
-import os
 import warnings
 
 import numpy as np
 
-from harmonize.preprocess.registration import HISTOGRAM_BINS, pyramid
+from harmonize.preprocess.registration import HISTOGRAM_BINS, pyramid, run_threads
 
 #: iterations per pyramid level of the optimiser
 MAX_ITERATIONS = 200
@@ -145,12 +143,6 @@ def counterparts(volume_pairs, workers=None, progress=False, desc="registering v
         Per subject: the counterpart volume and the rotation found (degrees); ``(None, None)``
         with a warning naming the subject when the registration failed.
     """
-    from tqdm.auto import tqdm
-
-    results = [None] * len(volume_pairs)
-    if workers is None:
-        workers = min(2, os.cpu_count() or 1)
-
     def one(k):
         a, b = volume_pairs[k]
         try:
@@ -158,13 +150,7 @@ def counterparts(volume_pairs, workers=None, progress=False, desc="registering v
         except RuntimeError as err:
             warnings.warn(f"{b.name}: 3-D registration onto {a.name} failed "
                           f"({str(err).strip().splitlines()[-1]}); this subject has no counterparts", stacklevel=3)
-            return k, (None, None)
-        return k, (volume, rotation_degrees(transform))
+            return None, None
+        return volume, rotation_degrees(transform)
 
-    with tqdm(total=len(volume_pairs), desc=desc, unit="subject", disable=not progress, leave=False) as bar:
-        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool:
-            for fut in concurrent.futures.as_completed([pool.submit(one, k) for k in range(len(volume_pairs))]):
-                k, result = fut.result()
-                results[k] = result
-                bar.update()
-    return results
+    return run_threads(one, len(volume_pairs), workers, progress, desc, unit="subject")
