@@ -9,11 +9,17 @@ against the true B (the test subject's source session rendered noise-free on the
   training time;
 * for no harmonisation, each classical baseline (fitted on the training subjects) and each
   experiment it is pointed at. It trains the experiments itself (``--train``), or evaluates the run
-  folders it finds in ``--runs``.
+  folders it finds in ``--runs``;
+* where the dataset stores each test subject's own B session registered onto A in 3-D (the built-in
+  dataset and the alternative pair do), a second table on the test slices that session covers: no
+  harmonisation, that registered B session and each experiment, against the same truth. It says how
+  close a real scan of the subject on scanner B gets once registered (what the paired training targets
+  are made of): a scale for the biases of fake B.
 
 Every number is computed by :func:`harmonize.evaluate.evaluate_run` (the ``harmonize evaluate``
-code), at the last checkpoint of each run. The table is printed and written as CSV and Markdown to
-``benchmarks/results/quality-<date>-<cpu>.*`` with the machine and the date.
+code), at the last checkpoint of each run. The tables are printed and written as Markdown and CSV to
+``benchmarks/results/quality-<date>-<scanners>-<experiments>.*``, headed by the machine and the date
+(the reference table's CSV as ``...-reference.csv``).
 
 Examples
 --------
@@ -104,9 +110,13 @@ def evaluate(run_dir, data):
                         report=False)
 
 
-def rows_from(result, label, train_seconds=None, with_baselines=False):
-    """Table rows: the run's own row (and the baselines' rows) from an evaluate_run result."""
-    summary = result["truth_summary"]
+def rows_from(result, label, train_seconds=None, with_baselines=False, key="truth_summary"):
+    """Table rows: the run's own row (and the baselines' rows) from an evaluate_run result.
+
+    ``key="truth_reference"``: the rows on the slices B's own session covers, where the other rows
+    are no harmonisation and B's 3-D registered session (see harmonize.evaluate).
+    """
+    summary = result[key]
     t7 = result["table7"].set_index("images")
     real_b = float(t7.loc["real B (test)", "called B"])
     auc = float(t7.loc["real A + B (test)", "ROC AUC vs other real scanner"])
@@ -165,7 +175,7 @@ def main(argv=None):
     size = args.image_size or (load_experiment(exps[0], quick=args.quick).data.image_size if exps else 128)
     data = dataset_for(args.scanners, size)
     print(f"dataset: {data}")
-    rows = []
+    rows, reference = [], []
     baselines_done = False
     for exp in exps:
         run_dir = Path(args.runs) / args.scanners / (f"exp{exp}" + ("-quick" if args.quick else ""))
@@ -177,8 +187,11 @@ def main(argv=None):
             seconds = json.loads((run_dir / "train_seconds.json").read_text())["seconds"]
         print(f"evaluating {run_dir} at its last checkpoint", flush=True)
         result = evaluate(run_dir, data)
-        rows += rows_from(result, f"exp {exp}" + (" (quick)" if args.quick else ""), seconds,
-                          with_baselines=not baselines_done)
+        label = f"exp {exp}" + (" (quick)" if args.quick else "")
+        rows += rows_from(result, label, seconds, with_baselines=not baselines_done)
+        if "truth_reference" in result:
+            reference += rows_from(result, label, seconds, with_baselines=not baselines_done, key="truth_reference")
+            covered = result["truth_reference"]["slices"].iloc[0]
         baselines_done = True
     if not rows:
         parser.error("give at least one experiment with --exp")
@@ -190,12 +203,21 @@ def main(argv=None):
               f"{harmonize.__version__}; dataset {data.name} ({args.scanners} scanners), test subjects, fake B vs "
               f"the paired truth; runs at their last checkpoint.")
     text = header + "\n\n" + markdown(df)
+    if reference:
+        ref = pd.DataFrame(reference).drop(columns=["classifier AUC (real)"])
+        ref = ref.sort_values("method", key=lambda s: s.map(lambda m: 0 if m.startswith("none") else
+                                                            1 if m.startswith("B session") else 10), kind="stable")
+        text += (f"\n\nReference, on the {covered} test slices that B's own session covers: the subject's B session "
+                 "registered onto A in 3-D and resampled on A's slices (what a second scan on scanner B gives, and "
+                 "what the paired training targets are made of) against the same truth.\n\n" + markdown(ref))
     print()
     print(text)
     out = Path(args.results_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"quality-{datetime.date.today()}-{args.scanners}-{'-'.join(map(str, exps))}"
     df.to_csv(out / f"{stem}.csv", index=False)
+    if reference:
+        ref.to_csv(out / f"{stem}-reference.csv", index=False)
     (out / f"{stem}.md").write_text(text + "\n")
     print(f"\nwritten: {out / stem}.csv, .md")
     return 0

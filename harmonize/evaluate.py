@@ -31,6 +31,10 @@ dataset's head masks), then (every table also as CSV, all gathered in report.htm
                         per tissue (CSF/GM/WM) and SSIM in the brain mask, per test subject and
                         pooled; next to no harmonisation and the classical baselines (fitted on the
                         TRAIN split, applied to test A). Figures: error maps and tissue bias bars.
+  truth_reference.csv   (datasets with 3-D registered counterparts, prepare --register-volumes) the
+                        same errors of no harmonisation, the CycleGAN and the subject's own B session
+                        registered onto A, on the test slices B's session covers: how closely a
+                        second scan on scanner B agrees with the truth
 
 The classifier for Table 7: --classifier PATH; else the one `harmonize assess` saved for this
 dataset (found through <cache>/classifiers.json); else one is trained here on the dataset's TRAIN
@@ -100,12 +104,22 @@ def run(args):
     print(f"checkpoint: step {info['step']} (epoch {info['epoch']}, {info['checkpoint_source']})")
     print(f"Table 7: fake B called B {fake_b['called B']:.2f} (fooling rate {fake_b['relative to real']:.2f})")
     if "truth_summary" in res:
-        s = res["truth_summary"]
-        for _, row in s.iterrows():
-            print(f"  {row['method']:<28} MAE {row['mae']:8.1f} {info['units']}  bias {row['bias_pct']:+6.2f} %  "
-                  f"SSIM {row['ssim']:.3f}")
+        _print_truth_rows(res["truth_summary"], info["units"])
+    if "truth_reference" in res:
+        r = res["truth_reference"]
+        print(f"on the {r['slices'].iloc[0]} test slices that B's own session covers (3-D registered, the reference):")
+        _print_truth_rows(r, info["units"])
     print(f"report: {info['report']}")
     return 0
+
+
+def _print_truth_rows(table, units):
+    """One line per method of a truth table: MAE, bias in the brain and per tissue (%), SSIM."""
+    tissues = [c for c in ("WM", "GM", "CSF") if f"bias_pct_{c}" in table.columns]
+    for _, row in table.iterrows():
+        per_tissue = "".join(f" {t} {row[f'bias_pct_{t}']:+6.2f}" for t in tissues)
+        print(f"  {row['method']:<28} MAE {row['mae']:8.1f} {units}  bias {row['bias_pct']:+6.2f} %"
+              f"{per_tissue}  SSIM {row['ssim']:.3f}")
 
 
 def _say(verbose, text):
@@ -395,7 +409,9 @@ def evaluate_run(run_dir, data=None, checkpoint=None, out_dir=None, classifier=N
         NRMSE), ``pairwise`` (all pair metrics), ``table7`` (classifier), ``histograms``,
         ``info`` (key/value: run, checkpoint, dataset, classifier, report path...), and with
         paired truth ``truth`` (per method and subject) and ``truth_summary`` (pooled per method:
-        MAE, relative error, bias per tissue, SSIM, share called B).
+        MAE, relative error, bias per tissue, SSIM, share called B); with counterparts also
+        ``truth_reference`` (the same errors next to B's own 3-D registered session, on the slices
+        it covers).
     """
     import pandas as pd
 
@@ -505,6 +521,8 @@ def evaluate_run(run_dir, data=None, checkpoint=None, out_dir=None, classifier=N
     if test.a.truth is not None:
         truth_bits = _truth_tables(ds, data_path, test, fake_b, baselines, ckpt, p_b, notes, verbose)
         result["truth"], result["truth_summary"] = truth_bits["table"], truth_bits["summary"]
+        if truth_bits["reference"] is not None:
+            result["truth_reference"] = truth_bits["reference"]
     else:
         notes.append("The dataset has no paired truth: the errors against a known truth (beyond the thesis) are "
                      "not available. The simulated built-in dataset has it.")
@@ -514,7 +532,7 @@ def evaluate_run(run_dir, data=None, checkpoint=None, out_dir=None, classifier=N
 
     csv_names = {"table4": "table4_losses", "table5": "table5_correlation", "table6": "table6_ssim_nrmse",
                  "pairwise": "pairwise_metrics", "table7": "table7_classifier", "histograms": "histograms",
-                 "truth": "truth_errors", "truth_summary": "truth_summary"}
+                 "truth": "truth_errors", "truth_summary": "truth_summary", "truth_reference": "truth_reference"}
     for key, name in csv_names.items():
         if key in result:
             write_csv(result[key], out_dir / f"{name}.csv")
@@ -626,8 +644,40 @@ def _truth_tables(ds, data_path, test, fake_b, baselines, ckpt, p_b, notes, verb
     cols += ["ssim", "called B by classifier", "n_voxels"]
     summary = summary[[c for c in cols if c in summary.columns]]
     outputs.update(methods)
+    reference = _counterpart_reference(test, truth, brain, tissue, fake_b, cyc, p_b, cols)
     return {"table": table, "summary": summary, "methods": outputs, "truth": truth, "brain": brain,
-            "tissue": tissue, "segmentation": seg, "cyclegan": cyc}
+            "tissue": tissue, "segmentation": seg, "cyclegan": cyc, "reference": reference}
+
+
+#: the reference row of :func:`_counterpart_reference`
+COUNTERPART_LABEL = "B session, 3-D registered"
+
+
+def _counterpart_reference(test, truth, brain, tissue, fake_b, cyc, p_b, cols):
+    """No harmonisation, the CycleGAN and B's own session registered in 3-D, on the slices it covers.
+
+    The subject's B session registered onto its A volume and resampled on A's slices (stored by
+    ``harmonize prepare --register-volumes``) is what a second scan on the target scanner gives. Its
+    error against the truth (B's noise, the interpolation between B's slices) is how closely such a
+    scan agrees with the truth: the accuracy of the paired training targets made from it, a scale
+    for the errors of fake B. One row per method, pooled over the test slices that have a counterpart (``slices``);
+    None when the dataset stores no counterparts.
+    """
+    from harmonize.metrics import truth_error_table
+
+    cp = test.a.counterpart
+    if cp is None:
+        return None
+    has = ~np.isnan(cp).any(axis=(1, 2))
+    if not has.any():
+        return None
+    methods = {"none (A unharmonised)": test.a.images[has], cyc: fake_b[has], COUNTERPART_LABEL: cp[has]}
+    table = truth_error_table(methods, truth[has], brain[has], tissue=tissue[has],
+                              data_range=float(truth[brain].max()))
+    table["called B by classifier"] = [float(np.mean(p_b(img, "B") > 0.5)) for img in methods.values()]
+    table = table[[c for c in cols if c in table.columns]].copy()
+    table.insert(1, "slices", f"{int(has.sum())} of {len(has)}")
+    return table
 
 
 # ------------------------------------------------------------------------------------- report
@@ -737,6 +787,13 @@ def _write_report(result, info, notes, ds, test, stacks, pairs, fake_a, fake_b, 
                   "(the first row is the error before harmonisation)", csv=False)
         rep.table(result["truth"], "truth_errors", "Per test subject and method (subject 'all' = pooled)",
                   csv=False)
+        if "truth_reference" in result:
+            rep.table(result["truth_reference"], "truth_reference",
+                      f"Reference: '{COUNTERPART_LABEL}' is the subject's own B session registered onto A in 3-D and "
+                      "resampled on A's slices (harmonize prepare --register-volumes), i.e. what a second scan on "
+                      "scanner B gives; its error (B's noise, interpolation between B's slices) shows how closely "
+                      "such a scan, and so training targets made from it, agree with the truth. Pooled over the "
+                      "test slices B's session covers", csv=False)
         sel = chosen[:min(3, len(chosen)), 0]
         err_rows = [("true B", truth_bits["truth"][sel], "map")]
         for m, img in truth_bits["methods"].items():

@@ -33,11 +33,13 @@ def render(labels, gain, rng=None, noise=0.0):
 
 
 def make_tiny_dataset(path, size=32, subjects=5, slices=6, test_subjects=1, registered=True, truth=True, seed=0,
-                      gain_b=GAIN_B, noise_b=40.0):
+                      gain_b=GAIN_B, noise_b=40.0, counterpart_gain=None):
     """Write a prepared dataset (DESIGN.md layout) with a known scanner difference.
 
     B = gain_b x A's tissue values plus noise (A is noise-free), anatomy shifted by one pixel between
-    the sessions; truth of an A slice = its own anatomy rendered on B without noise.
+    the sessions; truth of an A slice = its own anatomy rendered on B without noise. With
+    ``counterpart_gain``, A's slices have 3-D registered counterparts = counterpart_gain x truth,
+    except each subject's first slice (NaN: not covered).
     """
     from harmonize.io.dataset import SplitData, DomainData, find_pairs, write_dataset
     from harmonize.preprocess.intensity import Normalization
@@ -69,10 +71,15 @@ def make_tiny_dataset(path, size=32, subjects=5, slices=6, test_subjects=1, regi
                     subs.append(s)
                     sl.append(k)
             imgs = np.stack(imgs)
+            counterpart = None
+            if dom == "A" and counterpart_gain is not None:
+                counterpart = np.float32(counterpart_gain) * np.stack(tru)
+                counterpart[np.asarray(sl) == 0] = np.nan
             doms[dom] = DomainData(images=imgs, masks=np.stack(masks), subjects=subs, slices=sl,
                                    spacing=np.tile([1.0, 1.0, 4.0], (len(imgs), 1)),
                                    registered=imgs.copy() if registered else None,
-                                   truth=np.stack(tru) if truth else None, tissue=np.stack(tis))
+                                   truth=np.stack(tru) if truth else None, tissue=np.stack(tis),
+                                   counterpart=counterpart)
         pairs = find_pairs(doms["A"].subjects, doms["A"].slices, doms["B"].subjects, doms["B"].slices)
         if registered:
             # 'registration' moves A by half the session shift: the pairs then line up better

@@ -179,6 +179,7 @@ def test_evaluate_end_to_end(tiny, tmp_path, cache):
     assert s.loc["none (A unharmonised)", "mae"] > 50
     assert s.loc["linear", "mae"] < s.loc["none (A unharmonised)", "mae"]
     assert set(res["truth"]["subject"]) == {"all", "sub04"}
+    assert "truth_reference" not in res   # no 3-D registered counterparts in this dataset
 
     # fake B is exactly what `apply` gives for the same slices
     ds = PreparedDataset(data)
@@ -210,6 +211,34 @@ def test_evaluate_end_to_end(tiny, tmp_path, cache):
     info10 = pd.read_csv(tmp_path / "ev10" / "evaluation_info.csv", dtype=str).set_index("key")["value"]
     assert info10["step"] == "10" and info10["classifier"] == str(out / "classifier.h5")
     assert not (tmp_path / "ev10" / "classifier.h5").exists()
+
+
+def test_evaluate_reference_of_bs_own_registered_session(tmp_path, cache, capsys):
+    """With counterparts, the truth errors of B's own 3-D registered session sit next to the CycleGAN's."""
+    from harmonize.cli import main
+    from harmonize.evaluate import COUNTERPART_LABEL, evaluate_run
+
+    data = make_tiny_dataset(tmp_path / "cp.h5", counterpart_gain=1.01)
+    run = write_run(tmp_path / "run", data)
+    res = evaluate_run(run, baselines=("none",))
+    ref = res["truth_reference"].set_index("method")
+    cyc = [m for m in ref.index if m.startswith("CycleGAN")][0]
+    assert list(ref.index) == ["none (A unharmonised)", cyc, COUNTERPART_LABEL]
+    assert (ref["slices"] == "5 of 6").all()   # the test subject's first slice has no counterpart
+    assert ref.loc[COUNTERPART_LABEL, "bias_pct"] == pytest.approx(1.0, abs=0.01)
+    assert ref.loc[COUNTERPART_LABEL, "bias_pct_WM"] == pytest.approx(1.0, abs=0.01)
+    assert abs(ref.loc[cyc, "bias_pct"]) < 0.01
+    assert ref.loc["none (A unharmonised)", "bias_pct"] == pytest.approx(100 * (1 / GAIN_B - 1), abs=0.01)
+    # the pooled table keeps every test slice
+    assert res["truth_summary"].set_index("method").loc[cyc, "n_voxels"] > ref.loc[cyc, "n_voxels"]
+    out = run / "evaluation"
+    assert (out / "truth_reference.csv").exists()
+    assert COUNTERPART_LABEL in (out / "report.html").read_text()
+    assert main(["evaluate", "--run", str(run), "--out", str(tmp_path / "ev"), "--baselines", "none",
+                 "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "5 of 6 test slices that B's own session covers" in printed
+    assert f"{COUNTERPART_LABEL}" in printed and "WM  +1.00" in printed
 
 
 def test_evaluate_errors(tiny, tmp_path, cache):
