@@ -836,3 +836,9 @@ def _write_report(result, ds, data_path, out_dir, fig7, acc_fig, figures, data_r
             "'harmonize evaluate' finds it through the cache index; pass --classifier to use another.")
     rep.paragraph(f"Total time {seconds / 60:.1f} min (seed {seed}).", cls="small")
     return rep.write()
+
+
+if __name__ == "__main__":
+    from harmonize.cli import command_main
+
+    raise SystemExit(command_main("assess"))

@@ -808,3 +808,9 @@ def _write_report(result, info, notes, ds, test, stacks, pairs, fake_a, fake_b, 
         rep.figure(bias_fig, "Tissue-mean bias per method: 0 % is perfect; 'none' shows the scanner difference.")
     rep.paragraph(f"Tables as CSV in {out_dir}.", cls="small")
     return rep.write()
+
+
+if __name__ == "__main__":
+    from harmonize.cli import command_main
+
+    raise SystemExit(command_main("evaluate"))
