@@ -7,6 +7,8 @@ everywhere, unless the user already chose. XLA (jit_compile) was slower on both 
 and is left off.
 """
 import os
+import sys
+import tempfile
 
 _DEFAULTS = {
     "TF_ENABLE_ONEDNN_OPTS": "1",
@@ -29,6 +31,38 @@ def configure_environment():
             os.environ[key] = value
             changed[key] = value
     return changed
+
+
+def import_tensorflow_quietly():
+    """Import TensorFlow and set up its devices with its C++ start-up log held back from stderr.
+
+    TensorFlow 2.21 writes several lines at start-up (oneDNN, CUDA drivers not found, a failed
+    ``cuInit`` on machines without a GPU) that ``TF_CPP_MIN_LOG_LEVEL`` no longer silences; they
+    sit above a command's own messages and read like failures. Each command calls this where
+    it starts to use TensorFlow (after the checks of its inputs that need no network). If the
+    import fails, the held-back log is written out before the error is raised. With ``HARMONIZE_DEBUG`` set the log is left alone.
+    """
+    if "tensorflow" in sys.modules or os.environ.get("HARMONIZE_DEBUG", "") not in ("", "0"):
+        import tensorflow as tf  # noqa: F401  (the plain import, log and all)
+
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        failed = True
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()
+            failed = False
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if failed:
+                held.seek(0)
+                sys.stderr.write(held.read().decode(errors="replace"))
 
 
 def cpu_flags():

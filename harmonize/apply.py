@@ -61,6 +61,7 @@ from pathlib import Path
 
 import numpy as np
 
+from harmonize import _runtime
 from harmonize._fs import atomic_path, check_not_input
 from harmonize.errors import ConfigError, InputError, ModelError
 from harmonize.io.volume import MAP_UNITS, MapVolume, check_map_values, normalize_map_type
@@ -100,7 +101,7 @@ def load_generator(path):
 
     Examples
     --------
-    >>> gen = harmonize.load_generator("checkpoints/exp3/g_AtoB_3240.h5")   # doctest: +SKIP
+    >>> gen = harmonize.load_generator("checkpoints/exp3/g_AtoB_003240.h5")   # doctest: +SKIP
     >>> t1_on_b_ms = gen.harmonize(t1_on_a_ms)          # (N, H, W) ms in, ms out   # doctest: +SKIP
     """
     from harmonize.models.saving import load_generator_model
@@ -709,7 +710,7 @@ def add_arguments(parser):
                         help="output map file (for a file input) or folder mirroring INPUT")
     how = parser.add_mutually_exclusive_group(required=True)
     how.add_argument("--generator", "-g", metavar="G.h5", type=Path,
-                     help="saved generator (e.g. checkpoints/exp3/g_AtoB_3240.h5)")
+                     help="saved generator (e.g. checkpoints/exp3/g_AtoB_003240.h5)")
     how.add_argument("--method", choices=METHODS,
                      help="classical baseline instead of a generator (needs --fit)")
     parser.add_argument("--fit", metavar="DATASET.h5", type=Path,
@@ -760,7 +761,7 @@ def _map_types(args):
             raise ModelError(f"{args.generator}: the generator metadata has no valid map types ({err}); "
                              "re-save it with harmonize.models.saving.save_generator") from err
         if args.direction is not None and args.direction != meta.get("direction"):
-            raise ModelError(f"{args.generator}: is a {meta.get('direction')} generator, but --direction "
+            raise ModelError(f"{args.generator}: is the {meta.get('direction')} generator of its run, but --direction "
                              f"{args.direction} was given; use the g_{args.direction}_*.h5 generator of the run")
         return types, str(args.generator)
     if args.fit is None:
@@ -810,6 +811,8 @@ def run(args):
         raise InputError(f"{existing}: already exists; choose another output or add --overwrite")
     if single:
         check_not_input(jobs[0].dest, [input_path])
+    if args.generator is not None:
+        _runtime.import_tensorflow_quietly()
     harmonizer = _make_harmonizer(args)
     for message in skipped:
         print(f"skipped {message}")
@@ -824,7 +827,7 @@ def run(args):
         for k, job in enumerate(bar):
             target = tmp / job.dest.relative_to(output_path)
             n = _run_job(job, harmonizer, map_type, args.batch_size, progress, target, tmp / f".staging-{k}")
-            tqdm.write(f"wrote {job.dest} ({n} slices)")
+            tqdm.write(f"{job.source} -> {job.dest} ({n} slices)")  # all are written at the end
     print(f"harmonised {len(jobs)} map{'s' if len(jobs) != 1 else ''} into {output_path} ({harmonizer.description})")
     return 0
 

@@ -52,6 +52,7 @@ from pathlib import Path
 
 import numpy as np
 
+from harmonize import _runtime
 from harmonize.errors import ConfigError, InputError
 from harmonize.models.classifier import BN_STATISTICS
 
@@ -97,6 +98,7 @@ def add_arguments(parser):
 
 
 def run(args):
+    _runtime.import_tensorflow_quietly()
     result = assess_dataset(args.data, args.out, runs=args.runs, epochs=args.epochs, seed=args.seed,
                             batch_size=args.batch_size, cropped=not args.no_cropped, image_size=args.image_size,
                             verbose=not args.quiet)
@@ -555,9 +557,9 @@ def assess_dataset(data=None, out_dir="assess", runs=DEFAULT_RUNS, epochs=DEFAUL
     check_not_input(out_dir, [data_path])
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"{out_dir}: exists and is not a folder; choose an output folder")
-    (out_dir / "figures").mkdir(parents=True, exist_ok=True)
     ds = PreparedDataset(data_path)
     pool = pooled_domains(ds)
+    (out_dir / "figures").mkdir(parents=True, exist_ok=True)
     units, map_type = ds.units_a, ds.map_type_a
     notes = []
     if ds.map_type_a != ds.map_type_b:

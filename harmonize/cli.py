@@ -11,6 +11,7 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 
 from harmonize import __version__
 from harmonize.errors import HarmonizeError
@@ -42,8 +43,25 @@ def make_parser(name, module=None, parser=None):
     return parser
 
 
+def _warning_format(name):
+    """``warnings.formatwarning`` for a command: the project's own warnings as one line each,
+    ``harmonize <name>: warning: <message>`` (without the source line Python adds)."""
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    plain = warnings.formatwarning
+
+    def formatwarning(message, category, filename, lineno, line=None):
+        if os.path.abspath(filename).startswith(package):
+            return f"harmonize {name}: warning: {message}\n"
+        return plain(message, category, filename, lineno, line)
+
+    return formatwarning
+
+
 def _run(name, func, args):
     debug = os.environ.get("HARMONIZE_DEBUG", "") not in ("", "0")
+    saved_format = warnings.formatwarning
+    if not debug:
+        warnings.formatwarning = _warning_format(name)
     try:
         code = func(args)
     except HarmonizeError as err:
@@ -54,6 +72,8 @@ def _run(name, func, args):
     except KeyboardInterrupt:
         print(f"harmonize {name}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = saved_format
     return 0 if code is None else int(code)
 
 

@@ -49,6 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
+from harmonize import _runtime
 from harmonize.errors import ConfigError, InputError, ModelError
 
 DEFAULT_BASELINES = ("none", "linear", "histmatch", "nyul")
@@ -86,8 +87,8 @@ def add_arguments(parser):
                              "the dataset, else one is trained on the train split")
     parser.add_argument("--out", metavar="DIR", help="output folder; default <run>/evaluation")
     parser.add_argument("--baselines", default=",".join(DEFAULT_BASELINES), metavar="LIST",
-                        help="classical baselines in the truth table (comma-separated from none, linear, histmatch, "
-                             "nyul; '' for none); default all")
+                        help="classical baselines in the truth table, comma-separated from none (A unharmonised), "
+                             "linear, histmatch, nyul; '' for no baselines; default all")
     parser.add_argument("--batch-size", type=int, default=8, help="slices per generator call; default 8")
     parser.add_argument("--seed", type=int, default=0, help="seed of the slices shown in the figures; default 0")
     parser.add_argument("--quiet", action="store_true", help="no progress messages")
@@ -95,6 +96,7 @@ def add_arguments(parser):
 
 def run(args):
     baselines = [b.strip() for b in (args.baselines or "").split(",") if b.strip()]
+    _runtime.import_tensorflow_quietly()
     res = evaluate_run(args.run, data=args.data, checkpoint=args.checkpoint, out_dir=args.out,
                        classifier=args.classifier, baselines=baselines, batch_size=args.batch_size, seed=args.seed,
                        verbose=not args.quiet)
@@ -439,7 +441,6 @@ def evaluate_run(run_dir, data=None, checkpoint=None, out_dir=None, classifier=N
     check_not_input(out_dir, [data_path, ckpt["g_AtoB"], ckpt["g_BtoA"]])
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"{out_dir}: exists and is not a folder; choose an output folder")
-    (out_dir / "figures").mkdir(parents=True, exist_ok=True)
     notes = []
     if "last checkpoint" in ckpt["source"]:
         notes.append(f"No selected.json in the run: the last checkpoint (step {ckpt['step']}) was evaluated. Run "
@@ -467,6 +468,7 @@ def evaluate_run(run_dir, data=None, checkpoint=None, out_dir=None, classifier=N
     if not len(pairs):
         raise InputError(f"{data_path}: the test split has no corresponding slices (same subject and slice on both "
                          "scanners); Tables 5 and 6 need them")
+    (out_dir / "figures").mkdir(parents=True, exist_ok=True)  # the inputs are checked: now the outputs
     ia, ib = pairs[:, 0], pairs[:, 1]
     stacks = {"A": test.a.images[ia], "B": test.b.images[ib], "fakeA": fake_a[ib], "fakeB": fake_b[ia]}
     masks = {"A": test.a.masks[ia].astype(bool), "B": test.b.masks[ib].astype(bool),

@@ -1,4 +1,6 @@
 """Every command runs as ``harmonize <command>`` and as ``python -m harmonize.<command>`` (README)."""
+import os
+import shutil
 import subprocess
 import sys
 
@@ -22,3 +24,37 @@ def test_console_entry_lists_every_command(capsys):
     text = capsys.readouterr().out
     for name in COMMANDS:
         assert f"\n  {name} " in text
+
+
+def test_error_after_tensorflow_starts_is_the_only_line_on_stderr(tmp_path):
+    """TensorFlow's start-up log (oneDNN, no CUDA driver, failed cuInit) is held back, so a command that
+    has imported TensorFlow still answers bad input with one line; HARMONIZE_DEBUG shows everything."""
+    missing = tmp_path / "no_such_run"
+    cmd = [sys.executable, "-m", "harmonize", "evaluate", "--run", str(missing), "--out", str(tmp_path / "out")]
+    env = {k: v for k, v in os.environ.items() if k != "HARMONIZE_DEBUG"}
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=300, env=env)
+    assert out.returncode != 0
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith("harmonize evaluate: error:") and str(missing) in lines[0]
+    assert "tensorflow" in _imported_after(["evaluate", "--run", str(missing)])
+
+
+def _imported_after(argv):
+    """Modules imported by running the command in-process (to show the quiet import did happen)."""
+    script = ("import sys\nfrom harmonize.cli import main\nmain(sys.argv[1:])\n"
+              "print(' '.join(m for m in sys.modules if m == 'tensorflow'))")
+    out = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, check=False,
+                         timeout=300)
+    return out.stdout.split()
+
+
+def test_warnings_are_one_line_each(nifti_tree, tmp_path):
+    shutil.copy(nifti_tree / "SCANNER_A" / "sub00.nii.gz", nifti_tree / "SCANNER_A" / "extra.nii.gz")
+    cmd = [sys.executable, "-m", "harmonize", "prepare", str(nifti_tree), "--out", str(tmp_path / "d.h5"), "--quiet"]
+    env = {k: v for k, v in os.environ.items() if k != "HARMONIZE_DEBUG"}
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith("harmonize prepare: warning: ") and "extra" in lines[0] and "only one scanner" in lines[0]
