@@ -63,12 +63,13 @@ def cpu_model():
     return platform.processor() or "unknown CPU"
 
 
-def dataset_for(scanners, image_size):
-    """Prepared dataset of a scanner pair at ``image_size`` (built-in cache for the default pair)."""
+def dataset_for(scanners, image_size, interpolator="bspline"):
+    """Prepared dataset of a scanner pair at ``image_size`` (built-in cache for the default pair), its
+    3-D registered counterparts resampled with ``interpolator``."""
     from harmonize.builtin import builtin_dataset, cache_dir
 
     if scanners == "default":
-        return Path(builtin_dataset(image_size=image_size, progress=False))
+        return Path(builtin_dataset(image_size=image_size, progress=False, interpolator=interpolator))
     from harmonize.prepare import prepare_dataset
     from harmonize.simulate import simulate
     from harmonize.simulate.scanners import SIMULATOR_VERSION, resolve_scanners
@@ -76,11 +77,14 @@ def dataset_for(scanners, image_size):
     data_dir = cache_dir() / f"{scanners}-data-s{SIMULATOR_VERSION}"
     if not (data_dir / "simulation.json").exists():
         simulate(data_dir, scanners=scanners, progress=False, overwrite=True)
-    path = cache_dir() / f"{scanners}-s{SIMULATOR_VERSION}-T1-{image_size}-regvol.h5"
+    from harmonize.preprocess.rigid import DEFAULT_INTERPOLATOR
+
+    tag = "" if interpolator == DEFAULT_INTERPOLATOR else f"-{interpolator}"
+    path = cache_dir() / f"{scanners}-s{SIMULATOR_VERSION}-T1-{image_size}-regvol{tag}.h5"
     if not path.exists():
         a, b = resolve_scanners(scanners)
         prepare_dataset(data_dir, path, source=a.label, target=b.label, image_size=image_size, register=True,
-                        register_volumes=True, progress=False)
+                        register_volumes=True, progress=False, interpolator=interpolator)
     return path
 
 
@@ -162,6 +166,10 @@ def main(argv=None):
                         help="folder of the run folders (<runs>/<scanners>/exp<N>)")
     parser.add_argument("--scanners", default="default", choices=("default", "alternative"),
                         help="simulated scanner pair")
+    parser.add_argument("--interpolator", choices=("bspline", "lanczos"), default=None,
+                        help="how the dataset's paired targets (3-D registered counterparts) are resampled "
+                             "(harmonize prepare --interpolator); default: the first experiment's "
+                             "data.interpolator, else bspline")
     parser.add_argument("--image-size", type=int, default=None,
                         help="dataset size; default: the first experiment's data.image_size")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -172,8 +180,10 @@ def main(argv=None):
     from harmonize.config import load_experiment
 
     exps = args.exp
-    size = args.image_size or (load_experiment(exps[0], quick=args.quick).data.image_size if exps else 128)
-    data = dataset_for(args.scanners, size)
+    first = load_experiment(exps[0], quick=args.quick).data if exps else None
+    size = args.image_size or (first.image_size if first else 128)
+    args.interpolator = args.interpolator or (first.interpolator if first else None) or "bspline"
+    data = dataset_for(args.scanners, size, args.interpolator)
     print(f"dataset: {data}")
     rows, reference = [], []
     baselines_done = False
@@ -215,6 +225,8 @@ def main(argv=None):
     out = Path(args.results_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"quality-{datetime.date.today()}-{args.scanners}-{'-'.join(map(str, exps))}"
+    if args.interpolator != "bspline":
+        stem += f"-{args.interpolator}"
     df.to_csv(out / f"{stem}.csv", index=False)
     if reference:
         ref.to_csv(out / f"{stem}-reference.csv", index=False)

@@ -90,7 +90,8 @@ def _run_simulator(out_dir, maps, progress):
     simulate(out_dir, maps=maps, seed=0, progress=progress)
 
 
-def builtin_dataset(map_type="T1", target_map_type=None, image_size=None, register=True, seed=0, progress=True):
+def builtin_dataset(map_type="T1", target_map_type=None, image_size=None, register=True, seed=0, progress=True,
+                    interpolator="bspline"):
     """Path of the prepared built-in dataset for these options (prepared on first use).
 
     Parameters
@@ -102,6 +103,9 @@ def builtin_dataset(map_type="T1", target_map_type=None, image_size=None, regist
     register : bool
         Store registered copies (thesis 2.2) and the 3-D registered counterparts of the A slices
         (``data.align: volume``).
+    interpolator : {'bspline', 'lanczos'}
+        How the counterparts are resampled (:mod:`harmonize.preprocess.rigid`); a non-default
+        choice is named in the file name.
     seed : int
         Seed of the train/test split (10 / 2 subjects).
     progress : bool
@@ -113,6 +117,7 @@ def builtin_dataset(map_type="T1", target_map_type=None, image_size=None, regist
         The cached ``.h5`` file (see the module docstring for its name).
     """
     from harmonize.io.dataset import FORMAT_VERSION
+    from harmonize.preprocess.rigid import DEFAULT_INTERPOLATOR
     from harmonize.io.volume import normalize_map_type
     from harmonize.simulate.scanners import SIMULATOR_VERSION
     from harmonize.prepare import format_summary, parse_image_size, prepare_dataset
@@ -122,8 +127,8 @@ def builtin_dataset(map_type="T1", target_map_type=None, image_size=None, regist
     size = parse_image_size(image_size)
     size_tag = "native" if size is None else f"{size[0]}x{size[1]}"
     types = map_a if map_a == map_b else f"{map_a}-{map_b}"
-    name = (f"builtin-{__version__}-s{SIMULATOR_VERSION}-f{FORMAT_VERSION}-{types}-{size_tag}-{'regvol' if register else 'noreg'}"
-            f"-seed{int(seed)}.h5")
+    reg_tag = ("regvol" + ("" if interpolator == DEFAULT_INTERPOLATOR else f"-{interpolator}")) if register else "noreg"
+    name = f"builtin-{__version__}-s{SIMULATOR_VERSION}-f{FORMAT_VERSION}-{types}-{size_tag}-{reg_tag}-seed{int(seed)}.h5"
     path = cache_dir() / name
     if _usable(path):
         return path
@@ -134,7 +139,7 @@ def builtin_dataset(map_type="T1", target_map_type=None, image_size=None, regist
         summary = prepare_dataset(data_dir, path, source=SOURCE_LABEL, target=TARGET_LABEL, map_type=map_a,
                                   target_map_type=map_b if map_b != map_a else None, test_subjects=2,
                                   image_size=size, register=register, register_volumes=register, seed=seed,
-                                  progress=progress)
+                                  progress=progress, interpolator=interpolator)
         if progress:
             print(format_summary(summary))
     return path

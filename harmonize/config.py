@@ -108,6 +108,10 @@ class DataConfig:
         applied to; :func:`harmonize.data.align_to_source`) or 'volume' (A untouched, B's volume
         registered onto A's in 3-D, undoing head rotation and slice offset; needs a dataset prepared
         with ``--register-volumes``; :func:`harmonize.data.align_to_counterpart`).
+    interpolator : str or None
+        For 'volume': how the counterparts must have been resampled ('bspline' or 'lanczos',
+        ``harmonize prepare --interpolator``); the built-in dataset is prepared so, a given dataset
+        prepared otherwise is refused. None: the built-in default (B-spline), any given dataset.
     sample_slices : int
         Test slices shown in the per-epoch sample grids.
     """
@@ -120,6 +124,7 @@ class DataConfig:
     registered: bool = False
     augment: bool = False
     align: str = "halfway"
+    interpolator: str | None = None
     sample_slices: int = 4
 
     def __post_init__(self):
@@ -134,6 +139,7 @@ class DataConfig:
              registered=_check_bool(s, "registered", self.registered),
              augment=_check_bool(s, "augment", self.augment),
              align=_check_choice(s, "align", self.align, ("halfway", "source", "volume")),
+             interpolator=_check_choice(s, "interpolator", self.interpolator, ("bspline", "lanczos"), optional=True),
              sample_slices=_check_int(s, "sample_slices", self.sample_slices, minimum=1))
 
     @property

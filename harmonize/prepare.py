@@ -53,8 +53,11 @@ def add_arguments(parser):
                         help="also store registered copies (half-way MI translation of corresponding slices, thesis 2.2)")
     parser.add_argument("--register-volumes", action="store_true",
                         help="also store, for every A slice, B's session of the subject registered onto it in 3-D "
-                             "(rigid, mutual information; cubic B-spline): the paired training targets of "
-                             "data.align: volume (Experiment 15)")
+                             "(rigid, mutual information): the paired training targets of data.align: volume "
+                             "(Experiments 15, 16)")
+    parser.add_argument("--interpolator", choices=("bspline", "lanczos"), default="bspline",
+                        help="how --register-volumes resamples B on A's slices: cubic B-spline (default) or "
+                             "Lanczos windowed sinc (Experiment 16 of the recipe study)")
     parser.add_argument("--normalization", choices=("shared", "per-scanner-max"), default=None,
                         help="network scaling: 'shared' (one scale for both scanners; default) or the thesis's "
                              "'per-scanner-max' (default when the map types differ)")
@@ -64,17 +67,21 @@ def add_arguments(parser):
     parser.add_argument("--series-filter", action="append", metavar="TEXT",
                         help="keep DICOM series whose SeriesDescription contains TEXT (repeatable)")
     parser.add_argument("--workers", type=int, default=None, help="parallel registrations (threads); default min(2, CPUs)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing DATASET.h5")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def run(args):
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise InputError(f"{out}: already exists; choose another --out or add --overwrite")
     summary = prepare_dataset(
         args.data_dir, args.out, source=args.source, target=args.target, map_type=args.map,
         target_map_type=args.target_map, test_subjects=args.test_subjects,
         image_size=parse_image_size(args.image_size), register=args.register, register_volumes=args.register_volumes,
         normalization=args.normalization,
         seed=args.seed, scanner_tag=args.scanner_tag, series_filter=args.series_filter,
-        workers=args.workers, progress=not args.quiet,
+        workers=args.workers, progress=not args.quiet, interpolator=args.interpolator,
     )
     print(format_summary(summary))
     return 0
@@ -112,7 +119,8 @@ class _Volume:
 
 def prepare_dataset(data_dir, out, source=None, target=None, map_type="T1", target_map_type=None,
                     test_subjects=2, image_size=None, register=False, register_volumes=False, normalization=None, seed=0,
-                    scanner_tag="ManufacturerModelName", series_filter=None, workers=None, progress=True):
+                    scanner_tag="ManufacturerModelName", series_filter=None, workers=None, progress=True,
+                    interpolator="bspline"):
     """Build the prepared HDF5 dataset from a data folder (the work of ``harmonize prepare``).
 
     Parameters
@@ -135,6 +143,9 @@ def prepare_dataset(data_dir, out, source=None, target=None, map_type="T1", targ
     register_volumes : bool
         Store A's counterparts: each subject's B volume registered onto its A volume (3-D rigid)
         and resampled on A's slices (:mod:`harmonize.preprocess.rigid`).
+    interpolator : {'bspline', 'lanczos'}
+        How B is resampled on A's slices for ``register_volumes``: cubic B-spline (default) or
+        Lanczos windowed sinc.
     normalization : {'shared', 'per-scanner-max'} or None
         None: 'shared' for one map type, 'per-scanner-max' when the map types differ.
     seed : int
@@ -181,6 +192,10 @@ def prepare_dataset(data_dir, out, source=None, target=None, map_type="T1", targ
     size = parse_image_size(image_size)
     if int(test_subjects) < 0:
         raise ConfigError(f"--test-subjects {test_subjects}: must be 0 or more")
+    from harmonize.preprocess.rigid import INTERPOLATORS
+
+    if interpolator not in INTERPOLATORS:
+        raise ConfigError(f"--interpolator {interpolator!r}: expected one of {', '.join(INTERPOLATORS)}")
     notes = []
     norm_kind = normalization
     if map_a != map_b:
@@ -225,7 +240,7 @@ def prepare_dataset(data_dir, out, source=None, target=None, map_type="T1", targ
                 for v in volumes[domain]:
                     setattr(v, name, None)
 
-    rotations = _register_volumes(volumes, workers, progress) if register_volumes else None
+    rotations = _register_volumes(volumes, workers, progress, interpolator) if register_volumes else None
 
     if size is not None:
         for vols in volumes.values():
@@ -263,6 +278,8 @@ def prepare_dataset(data_dir, out, source=None, target=None, map_type="T1", targ
         "pixel_spacing_mm": [float(np.median(spacing[:, 1])), float(np.median(spacing[:, 0]))],
         "test_subjects": ",".join(sorted(s for s, v in split_of.items() if v == "test")),
     }
+    if register_volumes:
+        attrs["counterpart_interpolator"] = interpolator
     write_dataset(out, splits, attrs)
 
     summary = {
@@ -276,7 +293,8 @@ def prepare_dataset(data_dir, out, source=None, target=None, map_type="T1", targ
     }
     if rotations is not None:
         with_counterpart = sum(int(np.isfinite(s.a.counterpart[:, 0, 0]).sum()) for s in splits.values())
-        summary["counterparts"] = {"with": with_counterpart, "of": sum(len(s.a) for s in splits.values())}
+        summary["counterparts"] = {"with": with_counterpart, "of": sum(len(s.a) for s in splits.values()),
+                                   "interpolator": interpolator}
         summary["rotation_deg"] = {"mean": float(np.mean(rotations)) if rotations else 0.0,
                                    "max": float(np.max(rotations)) if rotations else 0.0}
     if register:
@@ -317,7 +335,8 @@ def format_summary(summary):
     if "counterparts" in summary:
         c, r = summary["counterparts"], summary["rotation_deg"]
         lines.append(f"  3-D registration: B registered onto A, rotation mean {r['mean']:.2f} deg, max {r['max']:.2f} deg; "
-                     f"{c['with']} of {c['of']} A slices have a counterpart (B covers the rest only partly)")
+                     f"{c['with']} of {c['of']} A slices have a counterpart (B covers the rest only partly; "
+                     f"resampled with {c.get('interpolator', 'bspline')})")
     extras = [name for name in ("has_truth", "has_tissue") if summary.get(name)]
     if extras:
         lines.append("  stored: " + ", ".join(e.replace("has_", "paired ") if e == "has_truth" else "tissue labels"
@@ -335,9 +354,14 @@ def _split_subjects(data_dir, subjects_a, subjects_b, n_test, seed, notes):
         msg = (f"{len(only)} subjects are on only one scanner ({', '.join(only)}); they go to the training split")
         warnings.warn(f"{data_dir}: {msg}", stacklevel=3)
         notes.append(msg)
-    if n_test > len(both) or (n_test and n_test == len(both) and not only):
+    most = len(both) if only else max(len(both) - 1, 0)  # at least one subject left for training
+    if n_test > len(both):
+        raise ConfigError(f"{data_dir}: --test-subjects {n_test}, but only {len(both)} subjects are on both scanners "
+                          f"(a test subject needs both); use --test-subjects {most} or fewer, and check that the "
+                          "subjects are named alike on both scanners")
+    if n_test > most:
         raise ConfigError(f"{data_dir}: --test-subjects {n_test} leaves no training subject "
-                          f"({len(both)} subjects are on both scanners); use at most {max(len(both) - 1, 0)}")
+                          f"({len(both)} subjects are on both scanners); use at most {most}")
     order = np.random.default_rng(int(seed)).permutation(len(both))
     test = {both[i] for i in order[:n_test]}
     return {s: ("test" if s in test else "train") for s in sorted(set(subjects_a) | set(subjects_b))}
@@ -433,14 +457,14 @@ def _domain_data(volumes):
     )
 
 
-def _register_volumes(volumes, workers, progress):
+def _register_volumes(volumes, workers, progress, interpolator):
     """Fill ``counterpart`` of every A volume whose subject B also has; return the rotations found (deg)."""
     from harmonize.preprocess.rigid import counterparts
 
     by_subject = {v.subject: v for v in volumes["B"]}
     todo = [v for v in volumes["A"] if v.subject in by_subject]
     results = counterparts([(v.volume, by_subject[v.subject].volume) for v in todo], workers=workers,
-                           progress=progress)
+                           progress=progress, interpolator=interpolator)
     rotations = []
     for v in volumes["A"]:
         v.counterpart = np.full(v.images.shape, np.nan, np.float32)

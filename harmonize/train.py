@@ -7,8 +7,9 @@
 
 Without --data the built-in two-scanner dataset is used (created and cached on first use;
 Experiment 6 uses its T1 maps for scanner A and T2 maps for scanner B). --quick applies the
-experiment's ``quick`` profile: small images and networks and a few short epochs, a run of a
-few minutes on a 2-core CPU that still writes every artifact.
+experiment's ``quick`` profile (its ``quick:`` section): for the thesis experiments 1-6 small
+images and networks and a few short epochs, for the recipe study (7-16) fewer epochs at full
+settings (Experiment 15: 6 instead of 8); minutes on a 2-core CPU, every artifact still written.
 
 The run folder (default ``checkpoints/exp<N>``, ``checkpoints/exp<N>-quick`` with --quick):
 
@@ -40,6 +41,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from harmonize import _runtime
 from harmonize.errors import ConfigError
 
 #: What --precision auto picks on a CPU with native bfloat16 (AMX / AVX-512 BF16). On since the quality
@@ -55,8 +57,8 @@ RUN_MARKERS = ("config.yaml", "losses.csv", "checkpoints.csv", "state")
 
 def add_arguments(parser):
     parser.add_argument("--exp", required=True, metavar="N",
-                        help="experiment number (experiments/exp<N>.yaml: 1-6 thesis, 7-14 recipe study, "
-                             "15 recommended recipe) or path to an experiment YAML file")
+                        help="experiment number (experiments/exp<N>.yaml: 1-6 thesis, 7-16 recipe study, "
+                             "15 the recommended recipe) or path to an experiment YAML file")
     parser.add_argument("--data", metavar="DATASET.h5",
                         help="prepared dataset (harmonize prepare); default: the built-in simulated dataset")
     parser.add_argument("--out", metavar="DIR", help="run folder (default: checkpoints/exp<N>[-quick])")
@@ -64,7 +66,7 @@ def add_arguments(parser):
     parser.add_argument("--batch-size", type=int, help="global batch size (train.batch_size)")
     parser.add_argument("--image-size", type=int, help="network input size in pixels (data.image_size)")
     parser.add_argument("--quick", action="store_true",
-                        help="the experiment's quick profile: small images/networks, few epochs (minutes on a CPU)")
+                        help="the experiment's quick profile (its quick: section; e.g. fewer epochs): minutes on a CPU")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted run in the run folder")
     parser.add_argument("--overwrite", action="store_true", help="delete an existing run in the run folder first")
     parser.add_argument("--precision", choices=("auto", "float32", "mixed_float16", "mixed_bfloat16"),
@@ -89,6 +91,7 @@ def run(args):
     # the dedicated flags win over --set; their values are used as given (a path is not parsed as YAML)
     cfg = cfg.replace({key: value for key, value in flags.items() if value is not None})
     verbose = args.verbose if args.verbose is not None else ("auto" if sys.stdout.isatty() else 2)
+    _runtime.import_tensorflow_quietly()
     result = train_experiment(cfg, out=args.out, resume=args.resume, overwrite=args.overwrite, verbose=verbose)
     print(result.summary())
     return 0
@@ -249,11 +252,17 @@ def open_dataset(cfg, progress=True):
             raise ConfigError(f"{path}: the dataset holds {ds.map_type_a} (A) and {ds.map_type_b} (B) maps but the "
                               f"experiment expects {cfg.data.map_type} and {cfg.data.map_type_b}; run with "
                               f"--set data.map_type={ds.map_type_a} --set data.target_map_type={ds.map_type_b}")
+        wanted, stored = cfg.data.interpolator, ds.attrs.get("counterpart_interpolator", "bspline")
+        if cfg.data.align == "volume" and wanted is not None and ds.has_counterparts and stored != wanted:
+            raise ConfigError(f"{path}: the paired targets were resampled with {stored} but the experiment is "
+                              f"defined on {wanted} ones; prepare the data with 'harmonize prepare ... "
+                              f"--register-volumes --interpolator {wanted}' or train with --set data.interpolator={stored}")
         return path, ds
     from harmonize.builtin import builtin_dataset
 
     path = builtin_dataset(map_type=cfg.data.map_type, target_map_type=cfg.data.target_map_type,
-                           image_size=size, register=True, seed=0, progress=progress)
+                           image_size=size, register=True, seed=0, progress=progress,
+                           interpolator=cfg.data.interpolator or "bspline")
     return Path(path), PreparedDataset(path)
 
 

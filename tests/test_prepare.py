@@ -198,6 +198,23 @@ def test_bad_settings(nifti_tree, tmp_path):
         prepare_dataset(nifti_tree, nifti_tree / "inside.h5", progress=False)
 
 
+def test_existing_output_needs_overwrite(nifti_tree, tmp_path, capsys):
+    out = tmp_path / "other.h5"
+    out.write_bytes(b"a file the user keeps")
+    assert _prepare(nifti_tree, out) == InputError.exit_code
+    assert "already exists" in capsys.readouterr().err and out.read_bytes() == b"a file the user keeps"
+    assert _prepare(nifti_tree, out, "--overwrite") == 0
+    assert PreparedDataset(out).source == "SCANNER_A"
+
+
+def test_no_subject_on_both_scanners_is_named(nifti_tree, tmp_path):
+    for path in (nifti_tree / "SCANNER_B").iterdir():
+        path.rename(path.with_name("other_" + path.name))
+    with pytest.raises(ConfigError, match="but only 0 subjects are on both scanners"), \
+            pytest.warns(UserWarning, match="only one scanner"):
+        prepare_dataset(nifti_tree, tmp_path / "x.h5", test_subjects=2, progress=False)
+
+
 def test_reader_rejects_foreign_and_newer_files(tmp_path, nifti_tree):
     foreign = tmp_path / "foreign.h5"
     with h5py.File(foreign, "w") as fh:
@@ -301,9 +318,10 @@ def test_register_volumes_stores_b_on_a_slices(tmp_path, capsys):
         truths[f"sub{s:02d}"] = 1.04 * a.array
     out = tmp_path / "vol.h5"
     assert _prepare(root, out, "--register-volumes", "--test-subjects", "0") == 0
-    assert "3-D registration: B registered onto A" in capsys.readouterr().out
+    assert "resampled with bspline" in capsys.readouterr().out
     ds = PreparedDataset(out)
     assert ds.has_counterparts and not ds.has_registered
+    assert ds.attrs["counterpart_interpolator"] == "bspline"
     train = ds.split("train")
     assert train.b.counterpart is None and train.a.counterpart.shape == train.a.images.shape
     has = np.isfinite(train.a.counterpart[:, 0, 0])
@@ -318,6 +336,9 @@ def test_register_volumes_stores_b_on_a_slices(tmp_path, capsys):
         after = np.abs(train.a.counterpart[rows] - truth)[head].mean()
         before = np.abs(same_index - truth)[head].mean()
         assert after < 0.5 * before, (subject, before, after)
+    assert _prepare(root, out, "--register-volumes", "--test-subjects", "0", "--interpolator", "lanczos",
+                    "--overwrite") == 0
+    assert PreparedDataset(out).attrs["counterpart_interpolator"] == "lanczos"
 
 
 def test_align_volume_trains_on_counterparts_and_refuses_without(tmp_path):

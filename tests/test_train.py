@@ -192,6 +192,21 @@ def test_refusals_before_training(tiny_dataset, tmp_path):
         train_experiment(cfg, out=tmp_path / "r4")  # batch 20 > 12 training slices
 
 
+def test_experiment_on_lanczos_targets_refuses_b_spline_ones(tiny_dataset):
+    """Exp. 16 is defined on Lanczos-resampled counterparts: a dataset prepared with the B-spline (or before the
+    interpolator was recorded) is refused with the command that makes the right one; Exp. 15 takes either."""
+    from harmonize.config import load_experiment
+    from harmonize.train import open_dataset
+
+    overrides = [f"data.dataset={tiny_dataset}", f"data.image_size={SIZE}"]
+    with pytest.raises(ConfigError, match="resampled with bspline .*--interpolator lanczos"):
+        open_dataset(load_experiment(16, overrides), progress=False)
+    path, ds = open_dataset(load_experiment(15, overrides), progress=False)
+    assert path == tiny_dataset and ds.has_counterparts
+    with pytest.raises(ConfigError, match="data.interpolator"):
+        load_experiment(16, ["data.interpolator=cubic"])
+
+
 def test_align_volume_trains_on_the_pairs_with_a_counterpart(tiny_dataset, tmp_path):
     """Exp. 15 (data.align: volume): the paired steps draw only A slices that have a 3-D counterpart."""
     import pandas as pd

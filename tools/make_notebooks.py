@@ -487,7 +487,7 @@ NB02 = [
     The run goes to `<cache>/notebooks/<profile>/runs/exp<N>/`, where notebooks 03 and 04 find it.
     '''),
     parameters('''
-    EXPERIMENT = 3    # 1-6: thesis Table 1; 7-14: recipe study; 15: recommended recipe (needs a dataset
+    EXPERIMENT = 3    # 1-6: thesis Table 1; 7-16: recipe study; 15: recommended recipe (needs a dataset
                       # prepared with --register-volumes, see docs/recipe.md); or the path of your own experiment YAML
     DATASET = None    # None: the dataset of the profile (as in notebook 01); or the path of a prepared .h5
     RUN_MODE = "resume" if PROFILE == "thesis" else "new"  # "new": replace an earlier run; "resume": continue it

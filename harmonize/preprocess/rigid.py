@@ -10,8 +10,12 @@ by +2 to +5 % in the white-matter mean, the 3-D registered ones by +0.1 to +0.3 
 Here the whole B volume is registered onto the A volume by a rigid (Euler) transform that
 maximises Mattes mutual information (the scanners' values differ), from a start that aligns the
 volumes' centres of mass (the sessions' scanner coordinates differ by table position and
-prescription). B is then resampled on A's voxel grid (cubic B-spline, the interpolation that keeps
-thick slices sharpest; negatives set to 0). A slice of the result is B's **counterpart** of that A
+prescription). B is then resampled on A's voxel grid (negatives set to 0) with a cubic B-spline
+(default, the interpolation that keeps thick slices sharpest) or a Lanczos windowed sinc. The
+interpolator sets the tissue means of the counterparts at tissue borders, where B's thick slices
+are interpolated across them: against the truth, the built-in pair's test counterparts are
++0.01 % off in WM with the B-spline and -0.31 % with Lanczos, the second simulated scanner pair's
++0.31 and -0.01 % (docs/recipe.md, where Experiment 16 trains on Lanczos counterparts). A slice of the result is B's **counterpart** of that A
 slice. Where B's slice stack does not cover the head on an A slice (the top and bottom slices,
 when the sessions' stacks are offset), the counterpart is all NaN: it has none.
 
@@ -28,6 +32,10 @@ import warnings
 import numpy as np
 
 from harmonize.preprocess.registration import HISTOGRAM_BINS, pyramid, run_threads
+
+#: interpolators of the counterparts (SimpleITK names)
+INTERPOLATORS = {"bspline": "sitkBSpline", "lanczos": "sitkLanczosWindowedSinc"}
+DEFAULT_INTERPOLATOR = "bspline"
 
 #: iterations per pyramid level of the optimiser
 MAX_ITERATIONS = 200
@@ -79,13 +87,15 @@ def rigid_transform(fixed, moving):
     return reg.Execute(fixed, moving)
 
 
-def counterpart(a, b):
+def counterpart(a, b, interpolator=DEFAULT_INTERPOLATOR):
     """B's map resampled on A's grid after 3-D rigid registration, and the transform.
 
     Parameters
     ----------
     a, b : harmonize.io.volume.MapVolume
         The two sessions of one subject (any map types), with their geometry.
+    interpolator : {'bspline', 'lanczos'}
+        How B is resampled (see the module docstring).
 
     Returns
     -------
@@ -99,6 +109,8 @@ def counterpart(a, b):
 
     from harmonize.preprocess.masks import foreground_mask
 
+    if interpolator not in INTERPOLATORS:
+        raise ValueError(f"interpolator {interpolator!r}: expected one of {', '.join(INTERPOLATORS)}")
     for volume in (a, b):
         if volume.array.shape[0] < MIN_SLICES:
             raise RuntimeError(f"{volume.name} has {volume.array.shape[0]} slice(s); 3-D registration needs at least "
@@ -106,7 +118,7 @@ def counterpart(a, b):
     fixed = a.to_sitk()
     moving = b.to_sitk()
     transform = rigid_transform(fixed, moving)
-    out = sitk.Resample(moving, fixed, transform, sitk.sitkBSpline, 0.0, sitk.sitkFloat32)
+    out = sitk.Resample(moving, fixed, transform, getattr(sitk, INTERPOLATORS[interpolator]), 0.0, sitk.sitkFloat32)
     volume = np.maximum(sitk.GetArrayFromImage(out), 0.0).astype(np.float32)
     ones = sitk.Image(moving.GetSize(), sitk.sitkFloat32) + 1.0
     ones.CopyInformation(moving)
@@ -129,13 +141,16 @@ def rotation_degrees(transform):
     return float(np.degrees(np.arccos(np.clip((np.trace(matrix) - 1.0) / 2.0, -1.0, 1.0))))
 
 
-def counterparts(volume_pairs, workers=None, progress=False, desc="registering volumes"):
+def counterparts(volume_pairs, workers=None, progress=False, desc="registering volumes",
+                 interpolator=DEFAULT_INTERPOLATOR):
     """:func:`counterpart` of many subjects, ``workers`` at a time (threads; ITK releases the GIL).
 
     Parameters
     ----------
     volume_pairs : list of (MapVolume, MapVolume)
         (A, B) sessions per subject.
+    interpolator : {'bspline', 'lanczos'}
+        As in :func:`counterpart`.
 
     Returns
     -------
@@ -146,7 +161,7 @@ def counterparts(volume_pairs, workers=None, progress=False, desc="registering v
     def one(k):
         a, b = volume_pairs[k]
         try:
-            volume, transform = counterpart(a, b)
+            volume, transform = counterpart(a, b, interpolator)
         except RuntimeError as err:
             warnings.warn(f"{b.name}: 3-D registration onto {a.name} failed "
                           f"({str(err).strip().splitlines()[-1]}); this subject has no counterparts", stacklevel=3)

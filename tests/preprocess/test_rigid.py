@@ -57,3 +57,20 @@ def test_pool_matches_serial_and_failure_is_a_warning():
     with pytest.warns(UserWarning, match="empty.nii.gz: 3-D registration"):
         (volume, rotation), = counterparts([(a, empty)], workers=1)
     assert volume is None and rotation is None
+
+
+def test_interpolator_is_a_choice_of_the_resampling_only():
+    a = _session((-55.0, -55.0, -26.0))
+    b = _session((-55.0, -55.0, -27.5), rotation_deg=(2.0, 0.0, 0.0), gain=1.04)
+    bspline, t_bspline = counterpart(a, b)  # the default
+    lanczos, t_lanczos = counterpart(a, b, "lanczos")
+    np.testing.assert_allclose(t_lanczos.GetParameters(), t_bspline.GetParameters())
+    has = np.isfinite(lanczos[:, 0, 0])
+    np.testing.assert_array_equal(has, np.isfinite(bspline[:, 0, 0]))
+    head = (a.array > 100) & has[:, None, None]
+    # same map to within the interpolation, but not the same numbers
+    assert np.abs(lanczos - bspline)[head].mean() < 0.02 * bspline[head].mean()
+    assert np.abs(lanczos - bspline)[head].max() > 0
+    assert np.nanmin(lanczos) >= 0
+    with pytest.raises(ValueError, match="interpolator 'cubic'"):
+        counterpart(a, b, "cubic")
