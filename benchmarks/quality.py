@@ -180,15 +180,21 @@ def main(argv=None):
     from harmonize.config import load_experiment
 
     exps = args.exp
-    first = load_experiment(exps[0], quick=args.quick).data if exps else None
-    size = args.image_size or (first.image_size if first else 128)
-    args.interpolator = args.interpolator or (first.interpolator if first else None) or "bspline"
+    configs = [load_experiment(exp, list(args.set), quick=args.quick).data for exp in exps]
+    size = args.image_size or (configs[0].image_size if configs else 128)
+    wanted = {c.interpolator for c in configs if c.interpolator}
+    if len(wanted) > 1 or (args.interpolator and wanted - {args.interpolator}):
+        parser.error(f"the experiments are defined on counterparts resampled with {', '.join(sorted(wanted))}"
+                     + (f" but --interpolator {args.interpolator} was given" if args.interpolator else "")
+                     + ": benchmark them in separate runs")
+    args.interpolator = args.interpolator or (wanted.pop() if wanted else "bspline")
     data = dataset_for(args.scanners, size, args.interpolator)
     print(f"dataset: {data}")
     rows, reference = [], []
     baselines_done = False
     for exp in exps:
-        run_dir = Path(args.runs) / args.scanners / (f"exp{exp}" + ("-quick" if args.quick else ""))
+        run_dir = Path(args.runs) / args.scanners / (f"exp{exp}" + ("-quick" if args.quick else "")
+                                                     + ("" if args.interpolator == "bspline" else f"-{args.interpolator}"))
         seconds = None
         if args.train or not (run_dir / "checkpoints.csv").exists():
             print(f"training experiment {exp} -> {run_dir}", flush=True)

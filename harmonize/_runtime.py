@@ -38,20 +38,32 @@ def import_tensorflow_quietly():
 
     TensorFlow 2.21 writes several lines at start-up (oneDNN, CUDA drivers not found, a failed
     ``cuInit`` on machines without a GPU) that ``TF_CPP_MIN_LOG_LEVEL`` no longer silences; they
-    sit above a command's own messages and read like failures. Each command calls this where
-    it starts to use TensorFlow (after the checks of its inputs that need no network). If the
-    import fails, the held-back log is written out before the error is raised. With ``HARMONIZE_DEBUG`` set the log is left alone.
+    sit above a command's own messages and read like failures. Each command that uses
+    TensorFlow calls this at the start of its run (apply after the checks of its inputs). If the
+    import fails, the held-back log is written out before the error is raised; where stderr
+    cannot be redirected, TensorFlow is imported plainly. With ``HARMONIZE_DEBUG`` set the log
+    is left alone.
     """
     if "tensorflow" in sys.modules or os.environ.get("HARMONIZE_DEBUG", "") not in ("", "0"):
-        import tensorflow as tf  # noqa: F401  (the plain import, log and all)
-
+        _plain_import()
         return
     sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as held:
+    saved = held = None
+    try:
+        saved = os.dup(2)
+        held = tempfile.TemporaryFile()
         os.dup2(held.fileno(), 2)
+    except OSError:  # no stderr, or no temporary file: nothing to hold back with
+        if saved is not None:
+            os.close(saved)
+        if held is not None:
+            held.close()
+        _plain_import()
+        return
+    with held:
         failed = True
         try:
+            _plain_import()
             import tensorflow as tf
 
             tf.config.list_physical_devices()
@@ -63,6 +75,10 @@ def import_tensorflow_quietly():
             if failed:
                 held.seek(0)
                 sys.stderr.write(held.read().decode(errors="replace"))
+
+
+def _plain_import():
+    import tensorflow as tf  # noqa: F401  (log and all)
 
 
 def cpu_flags():

@@ -44,13 +44,14 @@ def make_parser(name, module=None, parser=None):
 
 
 def _warning_format(name):
-    """``warnings.formatwarning`` for a command: the project's own warnings as one line each,
-    ``harmonize <name>: warning: <message>`` (without the source line Python adds)."""
-    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    """``warnings.formatwarning`` for a command: user-facing warnings (``UserWarning``: the
+    project's, which name the file and the problem, also those raised in worker threads) as one
+    line each, ``harmonize <name>: warning: <message>``, without the source line Python adds;
+    other categories (deprecations) as Python prints them."""
     plain = warnings.formatwarning
 
     def formatwarning(message, category, filename, lineno, line=None):
-        if os.path.abspath(filename).startswith(package):
+        if issubclass(category, UserWarning):
             return f"harmonize {name}: warning: {message}\n"
         return plain(message, category, filename, lineno, line)
 

@@ -255,7 +255,7 @@ def open_dataset(cfg, progress=True):
         wanted, stored = cfg.data.interpolator, ds.attrs.get("counterpart_interpolator", "bspline")
         if cfg.data.align == "volume" and wanted is not None and ds.has_counterparts and stored != wanted:
             raise ConfigError(f"{path}: the paired targets were resampled with {stored} but the experiment is "
-                              f"defined on {wanted} ones; prepare the data with 'harmonize prepare ... "
+                              f"defined on {wanted} ones; prepare a dataset with 'harmonize prepare DATA_DIR --out NEW.h5 "
                               f"--register-volumes --interpolator {wanted}' or train with --set data.interpolator={stored}")
         return path, ds
     from harmonize.builtin import builtin_dataset

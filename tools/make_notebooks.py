@@ -84,10 +84,12 @@ print(f"harmonize {{harmonize.__version__}}; profile {{PROFILE!r}}; files in {{W
 '''
 
 DATA_HELPERS = '''
-def profile_dataset(map_type="T1", target_map_type=None):
-    """The prepared dataset (.h5) of this profile: created on first use, then reused by every notebook."""
+def profile_dataset(map_type="T1", target_map_type=None, interpolator=None):
+    """The prepared dataset (.h5) of this profile: created on first use, then reused by every notebook.
+    ``interpolator``: how the 3-D registered counterparts are resampled (an experiment's data.interpolator)."""
     if PROFILE != "ci":
-        return Path(builtin_dataset(map_type, target_map_type, image_size=DATA["image_size"], progress=False))
+        return Path(builtin_dataset(map_type, target_map_type, image_size=DATA["image_size"], progress=False,
+                                    interpolator=interpolator or "bspline"))
     data_dir = profile_data_dir()
     if not (data_dir / "simulation.json").exists():
         simulate(data_dir, subjects=DATA["subjects"], slices=DATA["slices"], size=DATA["size"],
@@ -157,7 +159,8 @@ RUN_HELPERS = '''
 def experiment_config():
     """The experiment's settings for this profile, pointed at the dataset (DATASET or the profile's)."""
     cfg = load_experiment(EXPERIMENT, TRAIN["overrides"], quick=TRAIN["quick"])
-    path = Path(DATASET) if DATASET else profile_dataset(cfg.data.map_type, cfg.data.target_map_type)
+    path = Path(DATASET) if DATASET else profile_dataset(cfg.data.map_type, cfg.data.target_map_type,
+                                                          cfg.data.interpolator)
     return cfg.replace({"data.dataset": str(path), "data.image_size": PreparedDataset(path).image_size[0]})
 
 

@@ -58,3 +58,15 @@ def test_warnings_are_one_line_each(nifti_tree, tmp_path):
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1, out.stderr
     assert lines[0].startswith("harmonize prepare: warning: ") and "extra" in lines[0] and "only one scanner" in lines[0]
+
+
+def test_warnings_raised_in_worker_threads_are_one_line_too():
+    """Registration warnings come from a thread pool (their frame is in concurrent.futures, not in the package)."""
+    from harmonize.cli import _warning_format
+
+    fmt = _warning_format("prepare")
+    text = fmt(UserWarning("b1: 3-D registration failed"), UserWarning, "/usr/lib/python3/concurrent/futures/thread.py", 58,
+               "work_item.run()")
+    assert text == "harmonize prepare: warning: b1: 3-D registration failed\n"
+    other = fmt(DeprecationWarning("old"), DeprecationWarning, "x.py", 1, "")
+    assert other.startswith("x.py:1: DeprecationWarning: old")
