@@ -51,6 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import harmonize  # noqa: E402  (sets the TensorFlow runtime before anything imports it)
+from harmonize.preprocess.rigid import DEFAULT_INTERPOLATOR, INTERPOLATORS, interpolator_suffix  # noqa: E402
 
 
 def cpu_model():
@@ -63,7 +64,7 @@ def cpu_model():
     return platform.processor() or "unknown CPU"
 
 
-def dataset_for(scanners, image_size, interpolator="bspline"):
+def dataset_for(scanners, image_size, interpolator=DEFAULT_INTERPOLATOR):
     """Prepared dataset of a scanner pair at ``image_size`` (built-in cache for the default pair), its
     3-D registered counterparts resampled with ``interpolator``."""
     from harmonize.builtin import builtin_dataset, cache_dir
@@ -77,10 +78,7 @@ def dataset_for(scanners, image_size, interpolator="bspline"):
     data_dir = cache_dir() / f"{scanners}-data-s{SIMULATOR_VERSION}"
     if not (data_dir / "simulation.json").exists():
         simulate(data_dir, scanners=scanners, progress=False, overwrite=True)
-    from harmonize.preprocess.rigid import DEFAULT_INTERPOLATOR
-
-    tag = "" if interpolator == DEFAULT_INTERPOLATOR else f"-{interpolator}"
-    path = cache_dir() / f"{scanners}-s{SIMULATOR_VERSION}-T1-{image_size}-regvol{tag}.h5"
+    path = cache_dir() / f"{scanners}-s{SIMULATOR_VERSION}-T1-{image_size}-regvol{interpolator_suffix(interpolator)}.h5"
     if not path.exists():
         a, b = resolve_scanners(scanners)
         prepare_dataset(data_dir, path, source=a.label, target=b.label, image_size=image_size, register=True,
@@ -166,10 +164,10 @@ def main(argv=None):
                         help="folder of the run folders (<runs>/<scanners>/exp<N>)")
     parser.add_argument("--scanners", default="default", choices=("default", "alternative"),
                         help="simulated scanner pair")
-    parser.add_argument("--interpolator", choices=("bspline", "lanczos"), default=None,
+    parser.add_argument("--interpolator", choices=tuple(INTERPOLATORS), default=None,
                         help="how the dataset's paired targets (3-D registered counterparts) are resampled "
                              "(harmonize prepare --interpolator); default: the first experiment's "
-                             "data.interpolator, else bspline")
+                             f"data.interpolator, else {DEFAULT_INTERPOLATOR}")
     parser.add_argument("--image-size", type=int, default=None,
                         help="dataset size; default: the first experiment's data.image_size")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -187,14 +185,14 @@ def main(argv=None):
         parser.error(f"the experiments are defined on counterparts resampled with {', '.join(sorted(wanted))}"
                      + (f" but --interpolator {args.interpolator} was given" if args.interpolator else "")
                      + ": benchmark them in separate runs")
-    args.interpolator = args.interpolator or (wanted.pop() if wanted else "bspline")
+    args.interpolator = args.interpolator or (wanted.pop() if wanted else DEFAULT_INTERPOLATOR)
     data = dataset_for(args.scanners, size, args.interpolator)
     print(f"dataset: {data}")
     rows, reference = [], []
     baselines_done = False
     for exp in exps:
         run_dir = Path(args.runs) / args.scanners / (f"exp{exp}" + ("-quick" if args.quick else "")
-                                                     + ("" if args.interpolator == "bspline" else f"-{args.interpolator}"))
+                                                     + interpolator_suffix(args.interpolator))
         seconds = None
         if args.train or not (run_dir / "checkpoints.csv").exists():
             print(f"training experiment {exp} -> {run_dir}", flush=True)
@@ -230,9 +228,8 @@ def main(argv=None):
     print(text)
     out = Path(args.results_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"quality-{datetime.date.today()}-{args.scanners}-{'-'.join(map(str, exps))}"
-    if args.interpolator != "bspline":
-        stem += f"-{args.interpolator}"
+    stem = (f"quality-{datetime.date.today()}-{args.scanners}-{'-'.join(map(str, exps))}"
+            f"{interpolator_suffix(args.interpolator)}")
     df.to_csv(out / f"{stem}.csv", index=False)
     if reference:
         ref.to_csv(out / f"{stem}-reference.csv", index=False)

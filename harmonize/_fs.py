@@ -24,6 +24,13 @@ def check_not_input(output, inputs):
             raise InputError(f"{output}: the output folder contains the input {inp}; choose another output folder")
 
 
+def check_overwrite(output, overwrite):
+    """Raise InputError when ``output`` exists (other than as an empty folder) and ``overwrite`` is not set."""
+    out = Path(output)
+    if out.exists() and not overwrite and not (out.is_dir() and not any(out.iterdir())):
+        raise InputError(f"{output}: already exists; choose another output or add --overwrite")
+
+
 @contextlib.contextmanager
 def atomic_path(target, suffix=None):
     """Yield a temporary path beside ``target``; rename it onto ``target`` when the block succeeds.

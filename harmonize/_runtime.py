@@ -63,7 +63,6 @@ def import_tensorflow_quietly():
     with held:
         failed = True
         try:
-            _plain_import()
             import tensorflow as tf
 
             tf.config.list_physical_devices()

@@ -62,7 +62,7 @@ from pathlib import Path
 import numpy as np
 
 from harmonize import _runtime
-from harmonize._fs import atomic_path, check_not_input
+from harmonize._fs import atomic_path, check_not_input, check_overwrite
 from harmonize.errors import ConfigError, InputError, ModelError
 from harmonize.io.volume import MAP_UNITS, MapVolume, check_map_values, normalize_map_type
 
@@ -733,6 +733,7 @@ def _make_harmonizer(args):
     if args.generator is not None:
         if args.fit is not None:
             raise ConfigError("--fit is for --method baselines; a generator carries its own normalisation")
+        _runtime.import_tensorflow_quietly()
         return load_generator(args.generator)
     if args.fit is None:
         raise ConfigError(f"--method {args.method} needs --fit DATASET.h5 (the prepared dataset whose training "
@@ -807,12 +808,9 @@ def run(args):
     if not single and output_path.is_file():
         raise InputError(f"{output_path}: is a file, but the input {input_path} is a folder; give an output folder")
     existing = jobs[0].dest if single else output_path
-    if existing.exists() and not args.overwrite and not (existing.is_dir() and not any(existing.iterdir())):
-        raise InputError(f"{existing}: already exists; choose another output or add --overwrite")
+    check_overwrite(existing, args.overwrite)
     if single:
         check_not_input(jobs[0].dest, [input_path])
-    if args.generator is not None:
-        _runtime.import_tensorflow_quietly()
     harmonizer = _make_harmonizer(args)
     for message in skipped:
         print(f"skipped {message}")

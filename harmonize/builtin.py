@@ -91,7 +91,7 @@ def _run_simulator(out_dir, maps, progress):
 
 
 def builtin_dataset(map_type="T1", target_map_type=None, image_size=None, register=True, seed=0, progress=True,
-                    interpolator="bspline"):
+                    interpolator=None):
     """Path of the prepared built-in dataset for these options (prepared on first use).
 
     Parameters
@@ -103,9 +103,9 @@ def builtin_dataset(map_type="T1", target_map_type=None, image_size=None, regist
     register : bool
         Store registered copies (thesis 2.2) and the 3-D registered counterparts of the A slices
         (``data.align: volume``).
-    interpolator : {'bspline', 'lanczos'}
-        How the counterparts are resampled (:mod:`harmonize.preprocess.rigid`); a non-default
-        choice is named in the file name.
+    interpolator : {'bspline', 'lanczos'} or None
+        How the counterparts are resampled (:mod:`harmonize.preprocess.rigid`; None: its default);
+        a non-default choice is named in the file name.
     seed : int
         Seed of the train/test split (10 / 2 subjects).
     progress : bool
@@ -117,7 +117,7 @@ def builtin_dataset(map_type="T1", target_map_type=None, image_size=None, regist
         The cached ``.h5`` file (see the module docstring for its name).
     """
     from harmonize.io.dataset import FORMAT_VERSION
-    from harmonize.preprocess.rigid import DEFAULT_INTERPOLATOR
+    from harmonize.preprocess.rigid import DEFAULT_INTERPOLATOR, interpolator_suffix
     from harmonize.io.volume import normalize_map_type
     from harmonize.simulate.scanners import SIMULATOR_VERSION
     from harmonize.prepare import format_summary, parse_image_size, prepare_dataset
@@ -127,7 +127,8 @@ def builtin_dataset(map_type="T1", target_map_type=None, image_size=None, regist
     size = parse_image_size(image_size)
     size_tag = "native" if size is None else f"{size[0]}x{size[1]}"
     types = map_a if map_a == map_b else f"{map_a}-{map_b}"
-    reg_tag = ("regvol" + ("" if interpolator == DEFAULT_INTERPOLATOR else f"-{interpolator}")) if register else "noreg"
+    interpolator = interpolator or DEFAULT_INTERPOLATOR
+    reg_tag = f"regvol{interpolator_suffix(interpolator)}" if register else "noreg"
     name = f"builtin-{__version__}-s{SIMULATOR_VERSION}-f{FORMAT_VERSION}-{types}-{size_tag}-{reg_tag}-seed{int(seed)}.h5"
     path = cache_dir() / name
     if _usable(path):

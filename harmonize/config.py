@@ -24,6 +24,7 @@ from pathlib import Path
 
 from harmonize.errors import ConfigError
 from harmonize.losses import LossWeights
+from harmonize.preprocess.rigid import INTERPOLATORS
 
 #: folder of the experiment files shipped with the repository
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[1] / "experiments"
@@ -139,7 +140,7 @@ class DataConfig:
              registered=_check_bool(s, "registered", self.registered),
              augment=_check_bool(s, "augment", self.augment),
              align=_check_choice(s, "align", self.align, ("halfway", "source", "volume")),
-             interpolator=_check_choice(s, "interpolator", self.interpolator, ("bspline", "lanczos"), optional=True),
+             interpolator=_check_choice(s, "interpolator", self.interpolator, tuple(INTERPOLATORS), optional=True),
              sample_slices=_check_int(s, "sample_slices", self.sample_slices, minimum=1))
 
     @property

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from harmonize.errors import ConfigError, GeometryError, InputError
+from harmonize.preprocess.rigid import DEFAULT_INTERPOLATOR, INTERPOLATORS
 
 #: registration shifts beyond this many pixels are reported in the summary (worth a look)
 LARGE_SHIFT_PX = 10.0
@@ -55,7 +56,7 @@ def add_arguments(parser):
                         help="also store, for every A slice, B's session of the subject registered onto it in 3-D "
                              "(rigid, mutual information): the paired training targets of data.align: volume "
                              "(Experiments 15, 16)")
-    parser.add_argument("--interpolator", choices=("bspline", "lanczos"), default="bspline",
+    parser.add_argument("--interpolator", choices=tuple(INTERPOLATORS), default=DEFAULT_INTERPOLATOR,
                         help="how --register-volumes resamples B on A's slices: cubic B-spline (default) or "
                              "Lanczos windowed sinc (Experiment 16 of the recipe study)")
     parser.add_argument("--normalization", choices=("shared", "per-scanner-max"), default=None,
@@ -72,9 +73,9 @@ def add_arguments(parser):
 
 
 def run(args):
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise InputError(f"{out}: already exists; choose another --out or add --overwrite")
+    from harmonize._fs import check_overwrite
+
+    check_overwrite(args.out, args.overwrite)
     summary = prepare_dataset(
         args.data_dir, args.out, source=args.source, target=args.target, map_type=args.map,
         target_map_type=args.target_map, test_subjects=args.test_subjects,
@@ -120,7 +121,7 @@ class _Volume:
 def prepare_dataset(data_dir, out, source=None, target=None, map_type="T1", target_map_type=None,
                     test_subjects=2, image_size=None, register=False, register_volumes=False, normalization=None, seed=0,
                     scanner_tag="ManufacturerModelName", series_filter=None, workers=None, progress=True,
-                    interpolator="bspline"):
+                    interpolator=DEFAULT_INTERPOLATOR):
     """Build the prepared HDF5 dataset from a data folder (the work of ``harmonize prepare``).
 
     Parameters
@@ -192,8 +193,6 @@ def prepare_dataset(data_dir, out, source=None, target=None, map_type="T1", targ
     size = parse_image_size(image_size)
     if int(test_subjects) < 0:
         raise ConfigError(f"--test-subjects {test_subjects}: must be 0 or more")
-    from harmonize.preprocess.rigid import INTERPOLATORS
-
     if interpolator not in INTERPOLATORS:
         raise ConfigError(f"--interpolator {interpolator!r}: expected one of {', '.join(INTERPOLATORS)}")
     notes = []
@@ -336,7 +335,7 @@ def format_summary(summary):
         c, r = summary["counterparts"], summary["rotation_deg"]
         lines.append(f"  3-D registration: B registered onto A, rotation mean {r['mean']:.2f} deg, max {r['max']:.2f} deg; "
                      f"{c['with']} of {c['of']} A slices have a counterpart (B covers the rest only partly; "
-                     f"resampled with {c.get('interpolator', 'bspline')})")
+                     f"resampled with {c.get('interpolator', DEFAULT_INTERPOLATOR)})")
     extras = [name for name in ("has_truth", "has_tissue") if summary.get(name)]
     if extras:
         lines.append("  stored: " + ", ".join(e.replace("has_", "paired ") if e == "has_truth" else "tissue labels"

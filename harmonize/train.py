@@ -252,7 +252,9 @@ def open_dataset(cfg, progress=True):
             raise ConfigError(f"{path}: the dataset holds {ds.map_type_a} (A) and {ds.map_type_b} (B) maps but the "
                               f"experiment expects {cfg.data.map_type} and {cfg.data.map_type_b}; run with "
                               f"--set data.map_type={ds.map_type_a} --set data.target_map_type={ds.map_type_b}")
-        wanted, stored = cfg.data.interpolator, ds.attrs.get("counterpart_interpolator", "bspline")
+        from harmonize.preprocess.rigid import DEFAULT_INTERPOLATOR
+
+        wanted, stored = cfg.data.interpolator, ds.attrs.get("counterpart_interpolator", DEFAULT_INTERPOLATOR)
         if cfg.data.align == "volume" and wanted is not None and ds.has_counterparts and stored != wanted:
             raise ConfigError(f"{path}: the paired targets were resampled with {stored} but the experiment is "
                               f"defined on {wanted} ones; prepare a dataset with 'harmonize prepare DATA_DIR --out NEW.h5 "
@@ -262,7 +264,7 @@ def open_dataset(cfg, progress=True):
 
     path = builtin_dataset(map_type=cfg.data.map_type, target_map_type=cfg.data.target_map_type,
                            image_size=size, register=True, seed=0, progress=progress,
-                           interpolator=cfg.data.interpolator or "bspline")
+                           interpolator=cfg.data.interpolator)
     return Path(path), PreparedDataset(path)
 
 

@@ -89,7 +89,7 @@ def profile_dataset(map_type="T1", target_map_type=None, interpolator=None):
     ``interpolator``: how the 3-D registered counterparts are resampled (an experiment's data.interpolator)."""
     if PROFILE != "ci":
         return Path(builtin_dataset(map_type, target_map_type, image_size=DATA["image_size"], progress=False,
-                                    interpolator=interpolator or "bspline"))
+                                    interpolator=interpolator))
     data_dir = profile_data_dir()
     if not (data_dir / "simulation.json").exists():
         simulate(data_dir, subjects=DATA["subjects"], slices=DATA["slices"], size=DATA["size"],

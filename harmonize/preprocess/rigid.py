@@ -15,8 +15,8 @@ prescription). B is then resampled on A's voxel grid (negatives set to 0) with a
 interpolator sets the tissue means of the counterparts at tissue borders, where B's thick slices
 are interpolated across them: against the truth, the built-in pair's test counterparts are
 +0.01 % off in WM with the B-spline and -0.31 % with Lanczos, the second simulated scanner pair's
-+0.31 and -0.01 % (docs/recipe.md, where Experiment 16 trains on Lanczos counterparts). A slice of the result is B's **counterpart** of that A
-slice. Where B's slice stack does not cover the head on an A slice (the top and bottom slices,
++0.31 and -0.01 % (docs/recipe.md, where Experiment 16 trains on Lanczos counterparts). A slice
+of the result is B's **counterpart** of that A slice. Where B's slice stack does not cover the head on an A slice (the top and bottom slices,
 when the sessions' stacks are offset), the counterpart is all NaN: it has none.
 
 Registration is deterministic (every voxel sampled, ITK on one thread per registration) and
@@ -36,6 +36,11 @@ from harmonize.preprocess.registration import HISTOGRAM_BINS, pyramid, run_threa
 #: interpolators of the counterparts (SimpleITK names)
 INTERPOLATORS = {"bspline": "sitkBSpline", "lanczos": "sitkLanczosWindowedSinc"}
 DEFAULT_INTERPOLATOR = "bspline"
+
+
+def interpolator_suffix(interpolator):
+    """'' for the default interpolator, else '-<name>': how cached datasets and run folders name it."""
+    return "" if interpolator in (None, DEFAULT_INTERPOLATOR) else f"-{interpolator}"
 
 #: iterations per pyramid level of the optimiser
 MAX_ITERATIONS = 200
