@@ -33,6 +33,11 @@ the default simulator does not make)::
     python benchmarks/quality.py --exp 15 --train
     python benchmarks/quality.py --exp 15 --train --scanners alternative
 
+Several seeds of one setting (one row per seed, then their mean and spread: a single GAN run is one
+draw, and on the second pair its WM bias scatters by more than the recipe's target allows)::
+
+    python benchmarks/quality.py --exp 15 --train --scanners alternative --seeds 0 1 2 3
+
 Thesis experiments in their quick profiles::
 
     python benchmarks/quality.py --exp 1 2 3 4 5 --train --quick
@@ -141,6 +146,29 @@ def rows_from(result, label, train_seconds=None, with_baselines=False, key="trut
     return rows
 
 
+def run_seed(run_dir):
+    """The ``train.seed`` a run folder was trained with (from its config.yaml), or None."""
+    import yaml
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.exists():
+        return None
+    return (yaml.safe_load(path.read_text()) or {}).get("train", {}).get("seed")
+
+
+def seed_summary(rows, label):
+    """Two rows over the per-seed rows of one setting: their mean and their spread (max - min).
+
+    Every numeric column is summarised (the spread of the training time included); the method
+    column reads ``"<label>: mean"`` and ``"<label>: spread (max - min)"``.
+    """
+    import pandas as pd
+
+    df = pd.DataFrame(rows).drop(columns="method")
+    return [{"method": f"{label}: mean", **df.mean().to_dict()},
+            {"method": f"{label}: spread (max - min)", **(df.max() - df.min()).to_dict()}]
+
+
 def markdown(df):
     cols = list(df.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -172,8 +200,14 @@ def main(argv=None):
                         help="dataset size; default: the first experiment's data.image_size")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override for every experiment (e.g. train.epochs=4)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, metavar="N",
+                        help="train/evaluate each experiment once per seed (run folders exp<N>-seed<S>): one row "
+                             "per seed, then the mean and the spread (max - min) of the seeds; default: one run "
+                             "with the experiment's train.seed")
     parser.add_argument("--results-dir", default=str(REPO / "benchmarks" / "results"))
     args = parser.parse_args(argv)
+    if args.seeds and any(o.split("=", 1)[0].strip() == "train.seed" for o in args.set):
+        parser.error("give the seeds with --seeds or with --set train.seed, not both")
 
     from harmonize.config import load_experiment
 
@@ -191,22 +225,40 @@ def main(argv=None):
     rows, reference = [], []
     baselines_done = False
     for exp in exps:
-        run_dir = Path(args.runs) / args.scanners / (f"exp{exp}" + ("-quick" if args.quick else "")
-                                                     + interpolator_suffix(args.interpolator))
-        seconds = None
-        if args.train or not (run_dir / "checkpoints.csv").exists():
-            print(f"training experiment {exp} -> {run_dir}", flush=True)
-            seconds = train_run(exp, run_dir, data, args.quick, args.set)
-        elif (run_dir / "train_seconds.json").exists():
-            seconds = json.loads((run_dir / "train_seconds.json").read_text())["seconds"]
-        print(f"evaluating {run_dir} at its last checkpoint", flush=True)
-        result = evaluate(run_dir, data)
         label = f"exp {exp}" + (" (quick)" if args.quick else "")
-        rows += rows_from(result, label, seconds, with_baselines=not baselines_done)
-        if "truth_reference" in result:
-            reference += rows_from(result, label, seconds, with_baselines=not baselines_done, key="truth_reference")
-            covered = result["truth_reference"]["slices"].iloc[0]
-        baselines_done = True
+        name = f"exp{exp}" + ("-quick" if args.quick else "") + interpolator_suffix(args.interpolator)
+        seed_rows, seed_reference = [], []
+        for seed in args.seeds or [None]:
+            run_dir = Path(args.runs) / args.scanners / (name if seed is None else f"{name}-seed{seed}")
+            overrides = list(args.set) + ([] if seed is None else [f"train.seed={seed}"])
+            seconds = None
+            if args.train or not (run_dir / "checkpoints.csv").exists():
+                print(f"training experiment {exp}" + ("" if seed is None else f", seed {seed}") + f" -> {run_dir}",
+                      flush=True)
+                seconds = train_run(exp, run_dir, data, args.quick, overrides)
+            else:
+                trained_with = run_seed(run_dir)
+                if seed is not None and trained_with != seed:
+                    parser.error(f"{run_dir} was trained with seed {trained_with}, not {seed}: "
+                                 "train it again with --train")
+                if (run_dir / "train_seconds.json").exists():
+                    seconds = json.loads((run_dir / "train_seconds.json").read_text())["seconds"]
+            print(f"evaluating {run_dir} at its last checkpoint", flush=True)
+            result = evaluate(run_dir, data)
+            run_label = label if seed is None else f"{label}, seed {seed}"
+            rows += rows_from(result, run_label, seconds, with_baselines=not baselines_done)
+            seed_rows += rows_from(result, run_label, seconds)
+            if "truth_reference" in result:
+                reference += rows_from(result, run_label, seconds, with_baselines=not baselines_done,
+                                       key="truth_reference")
+                seed_reference += rows_from(result, run_label, seconds, key="truth_reference")
+                covered = result["truth_reference"]["slices"].iloc[0]
+            baselines_done = True
+        if len(seed_rows) > 1:
+            summary_label = f"{label}, {len(seed_rows)} seeds"
+            rows += seed_summary(seed_rows, summary_label)
+            if seed_reference:
+                reference += seed_summary(seed_reference, summary_label)
     if not rows:
         parser.error("give at least one experiment with --exp")
     df = pd.DataFrame(rows)
@@ -229,7 +281,8 @@ def main(argv=None):
     out = Path(args.results_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = (f"quality-{datetime.date.today()}-{args.scanners}-{'-'.join(map(str, exps))}"
-            f"{interpolator_suffix(args.interpolator)}")
+            f"{interpolator_suffix(args.interpolator)}"
+            + (f"-seeds{'-'.join(map(str, args.seeds))}" if args.seeds else ""))
     df.to_csv(out / f"{stem}.csv", index=False)
     if reference:
         ref.to_csv(out / f"{stem}-reference.csv", index=False)

@@ -168,3 +168,46 @@ def test_speed_benchmark_smoke_run(tmp_path):
     assert any(ln.startswith("ratio training auto vs thesis-style (32 px, batch 2): ") for ln in ratio_lines)
     assert lines[-1] == ratio_lines[-1]  # the ratios come last
     assert list(tmp_path.glob("speed-*.md")) and list(tmp_path.glob("speed-*.json"))
+
+
+def test_quality_seed_summary_is_the_mean_and_range_of_the_seed_rows():
+    from benchmarks import quality
+
+    rows = [{"method": "exp 15, seed 0", "MAE (ms)": 32.0, "bias WM (%)": 0.36, "train (s)": 100.0},
+            {"method": "exp 15, seed 1", "MAE (ms)": 32.5, "bias WM (%)": -0.03, "train (s)": 120.0},
+            {"method": "exp 15, seed 2", "MAE (ms)": 32.3, "bias WM (%)": 0.16, "train (s)": 110.0}]
+    mean, spread = quality.seed_summary(rows, "exp 15, 3 seeds")
+    assert mean["method"] == "exp 15, 3 seeds: mean"
+    assert spread["method"] == "exp 15, 3 seeds: spread (max - min)"
+    assert mean["MAE (ms)"] == pytest.approx(32.2667, abs=1e-4)
+    assert mean["bias WM (%)"] == pytest.approx(0.16333, abs=1e-4)
+    assert spread["bias WM (%)"] == pytest.approx(0.39)
+    assert spread["train (s)"] == pytest.approx(20.0)
+
+
+def test_quality_refuses_a_run_folder_trained_with_another_seed(tmp_path, monkeypatch, capsys):
+    """Evaluating existing runs with --seeds checks each folder's recorded seed before any work."""
+    from benchmarks import quality
+
+    run = tmp_path / "runs" / "default" / "exp15-seed1"
+    run.mkdir(parents=True)
+    (run / "checkpoints.csv").write_text("step\n10\n")
+    (run / "config.yaml").write_text("train:\n  seed: 0\n")
+    assert quality.run_seed(run) == 0
+    monkeypatch.setattr(quality, "dataset_for", lambda *a, **k: tmp_path / "data.h5")
+    monkeypatch.setattr(quality, "evaluate", lambda *a, **k: pytest.fail("evaluated a run of the wrong seed"))
+    with pytest.raises(SystemExit) as exc:
+        quality.main(["--exp", "15", "--seeds", "1", "--runs", str(tmp_path / "runs"),
+                      "--results-dir", str(tmp_path / "results")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "exp15-seed1 was trained with seed 0, not 1" in err
+
+
+def test_quality_seeds_and_a_seed_override_are_exclusive(tmp_path, monkeypatch, capsys):
+    from benchmarks import quality
+
+    monkeypatch.setattr(quality, "dataset_for", lambda *a, **k: pytest.fail("prepared data before the check"))
+    with pytest.raises(SystemExit):
+        quality.main(["--exp", "15", "--seeds", "0", "1", "--set", "train.seed=3", "--runs", str(tmp_path)])
+    assert "--seeds or with --set train.seed" in capsys.readouterr().err
