@@ -148,12 +148,10 @@ def rows_from(result, label, train_seconds=None, with_baselines=False, key="trut
 
 def run_seed(run_dir):
     """The ``train.seed`` a run folder was trained with (from its config.yaml), or None."""
-    import yaml
+    from harmonize.config import load_experiment
 
     path = Path(run_dir) / "config.yaml"
-    if not path.exists():
-        return None
-    return (yaml.safe_load(path.read_text()) or {}).get("train", {}).get("seed")
+    return load_experiment(path).train.seed if path.exists() else None
 
 
 def seed_summary(rows, label):
@@ -237,21 +235,22 @@ def main(argv=None):
                       flush=True)
                 seconds = train_run(exp, run_dir, data, args.quick, overrides)
             else:
-                trained_with = run_seed(run_dir)
-                if seed is not None and trained_with != seed:
-                    parser.error(f"{run_dir} was trained with seed {trained_with}, not {seed}: "
+                if seed is not None and run_seed(run_dir) != seed:
+                    parser.error(f"{run_dir} was trained with seed {run_seed(run_dir)}, not {seed}: "
                                  "train it again with --train")
                 if (run_dir / "train_seconds.json").exists():
                     seconds = json.loads((run_dir / "train_seconds.json").read_text())["seconds"]
             print(f"evaluating {run_dir} at its last checkpoint", flush=True)
             result = evaluate(run_dir, data)
             run_label = label if seed is None else f"{label}, seed {seed}"
-            rows += rows_from(result, run_label, seconds, with_baselines=not baselines_done)
-            seed_rows += rows_from(result, run_label, seconds)
+            new_rows = rows_from(result, run_label, seconds, with_baselines=not baselines_done)
+            rows += new_rows
+            seed_rows += [r for r in new_rows if r["method"] == run_label]
             if "truth_reference" in result:
-                reference += rows_from(result, run_label, seconds, with_baselines=not baselines_done,
-                                       key="truth_reference")
-                seed_reference += rows_from(result, run_label, seconds, key="truth_reference")
+                new_rows = rows_from(result, run_label, seconds, with_baselines=not baselines_done,
+                                     key="truth_reference")
+                reference += new_rows
+                seed_reference += [r for r in new_rows if r["method"] == run_label]
                 covered = result["truth_reference"]["slices"].iloc[0]
             baselines_done = True
         if len(seed_rows) > 1:
